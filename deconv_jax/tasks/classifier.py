@@ -1,0 +1,91 @@
+"""Classification: the CNN, softmax cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+from jax import lax
+
+from deconv_jax import augment, models
+from deconv_jax.tasks import optim
+
+metric_names = ("loss", "accuracy")
+
+
+class TrainState(train_state.TrainState):
+  """step, params, opt_state (and the static apply_fn, tx)."""
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int) -> models.CNN:
+  return models.cnn_from_config(config.model, num_classes)
+
+
+def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, total_steps: int) -> TrainState:
+  """Initial state for images of ``info.image_shape`` and ``info.num_classes`` classes."""
+  model = build_model(config, info.num_classes)
+  params = model.init(rng, jnp.zeros((1, *info.image_shape), jnp.float32))["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=optim.make(config.optimizer, total_steps))
+
+
+def _pmean(x: Any, axis_name: str | None) -> Any:
+  return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  config: ml_collections.ConfigDict,
+  axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam (or other) step on ``batch`` (``image`` [B, H, W, C] float32, ``label`` [B] int32).
+
+  ``rng`` is the same on every device; each image's augmentation key is folded
+  from its index in the global batch, so any device split gives the same step.
+  """
+  images_BHWC, labels_B = batch["image"], batch["label"]
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * images_BHWC.shape[0]
+  aug = config.augment
+  if aug.max_shift or aug.max_rotation or aug.max_scale:
+    images_BHWC = augment.augment_batch(
+      rng, images_BHWC, offset, max_shift=aug.max_shift, max_rotation=aug.max_rotation, max_scale=aug.max_scale
+    )
+
+  def loss_fn(params):
+    logits_BK = state.apply_fn({"params": params}, images_BHWC)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean()
+    return loss, logits_BK
+
+  (loss, logits_BK), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = _pmean(grads, axis_name)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits_BK, -1) == labels_B)}
+  return state.apply_gradients(grads=grads), _pmean(metrics, axis_name)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
+  """Sums over the real rows of ``batch`` (``mask`` [B] is 0 for padding): loss, correct, count."""
+  logits_BK = state.apply_fn({"params": state.params}, batch["image"])
+  mask_B = batch["mask"]
+  losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BK, batch["label"])
+  sums = {
+    "loss": jnp.sum(losses_B * mask_B),
+    "correct": jnp.sum((jnp.argmax(logits_BK, -1) == batch["label"]) * mask_B),
+    "count": jnp.sum(mask_B),
+  }
+  return sums if axis_name is None else lax.psum(sums, axis_name)
+
+
+def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
+  """``{"accuracy", "loss", "num_examples"}`` from summed `eval_step` outputs."""
+  count = max(float(sums["count"]), 1.0)
+  return {
+    "accuracy": float(sums["correct"]) / count,
+    "loss": float(sums["loss"]) / count,
+    "num_examples": int(round(float(sums["count"]))),
+  }

@@ -1,0 +1,212 @@
+r"""Trains a task from a config: ``python -m deconv_jax.train --config configs/X.py --workdir DIR``.
+
+With no arguments it runs ``configs/quickstart.py`` into ``workdirs/quickstart``.
+Any config key can be overridden: ``--config.batch_size=64 --config.model.features='(16, 32)'``.
+Running the same command again resumes from the latest checkpoint in ``DIR``.
+
+Stages, in the order `train_and_evaluate` runs them: config & workdir checks,
+input, model & state, checkpoint restore, update step, the loop (metrics,
+evals, checkpoints), summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from deconv_jax import checkpoint, cli, data, evaluate, parallel, tasks
+from deconv_jax import config as config_lib
+from deconv_jax.metric_writers import MetricWriter
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
+
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Creates ``workdir`` and saves ``config`` there; refuses a workdir holding another config's checkpoint."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from None
+  saved_path = os.path.join(workdir, "config.json")
+  if checkpoint.latest_step(workdir) is not None:
+    if not os.path.exists(saved_path):
+      raise config_lib.ConfigError(f"--workdir={workdir} holds checkpoints but no config.json: use a new --workdir")
+    diffs = config_lib.differences(config_lib.load_json(saved_path), config)
+    if diffs:
+      raise config_lib.ConfigError(
+        f"--workdir={workdir} holds a checkpoint of a different config ({'; '.join(diffs[:3])}): "
+        "use a new --workdir, or the config it was trained with"
+      )
+  if jax.process_index() == 0:
+    config_lib.save_json(config, saved_path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training to the end; returns the final eval metrics. Importable from a notebook."""
+  # ---------------------------------------------------------------- config & workdir
+  config_lib.validate(config)
+  task = tasks.get(config.task)
+  try:
+    parallel.check_batch_size(config.batch_size, "batch_size")
+    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+  # ---------------------------------------------------------------- input
+  train_source = data.get_source(config.dataset, config.dataset.train_split)
+  eval_source = data.get_source(config.dataset, config.dataset.eval_split)
+  info = data.get_info(config.dataset, config.dataset.train_split)
+  total_steps = config_lib.num_train_steps(config, len(train_source))
+
+  # ---------------------------------------------------------------- model & state
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  try:  # Shapes only: catches a model that cannot take these images before any real work.
+    jax.eval_shape(lambda r: task.create_state(config, r, info, total_steps), init_rng)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"config.model cannot take images of shape {info.image_shape}: {e}") from None
+  prepare_workdir(config, workdir)
+  state = task.create_state(config, init_rng, info, total_steps)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  train_iter = iter(data.train_loader(train_source, global_batch_size=config.batch_size, seed=config.seed))
+
+  # ---------------------------------------------------------------- checkpoint restore
+  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  start_step = 0
+  if (latest := mngr.latest_step()) is not None:
+    state = checkpoint.restore(mngr, latest, state, train_iter)
+    start_step = int(state.step)
+    _log(f"resumed from {workdir} at step {start_step}")
+
+  # ---------------------------------------------------------------- update step
+  multi_device = jax.device_count() > 1
+  if multi_device:
+    p_train_step = jax.pmap(
+      lambda s, b, r: task.train_step(s, b, r, config=config, axis_name=parallel.AXIS),
+      axis_name=parallel.AXIS,
+      in_axes=(0, 0, None),
+      donate_argnums=(0,),
+    )
+    state = parallel.replicate(state)
+  else:
+    p_train_step = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
+  p_eval_step = evaluate.compile_eval_step(task)
+  host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
+
+  def run_eval(step: int) -> dict[str, float]:
+    metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+    writer.write(step, "eval", metrics)
+    _log(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + _fmt(metrics))
+    return metrics
+
+  def save(step: int) -> None:
+    checkpoint.save(mngr, step, host_state(), train_iter)
+
+  # ---------------------------------------------------------------- loop
+  writer = MetricWriter(workdir)
+  _log(
+    f"training {config.task} ({num_params:,} params) on {config.dataset.source}:{config.dataset.train_split} "
+    f"({len(train_source):,} examples, {info.image_shape}) for {total_steps} steps of {config.batch_size} "
+    f"on {jax.device_count()} device(s) -> {workdir}"
+  )
+  pending: list[dict[str, jax.Array]] = []
+  t_start = t_last = time.time()
+  steps_at_last = start_step
+  eval_metrics: dict[str, float] = {}
+  step = start_step
+  while step < total_steps:
+    batch = next(train_iter)
+    if multi_device:
+      batch = parallel.shard(batch)
+    state, metrics = p_train_step(state, batch, jax.random.fold_in(train_rng, step))
+    pending.append(metrics)
+    step += 1
+    last = step == total_steps
+    if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
+      train_metrics = {k: float(np.mean([np.asarray(m[k]).mean() for m in pending])) for k in pending[0]}
+      pending.clear()
+      if not np.isfinite(train_metrics["loss"]):
+        mngr.wait_until_finished()
+        raise FloatingPointError(
+          f"loss is {train_metrics['loss']} at step {step}: stopped; the last good checkpoint in {workdir} is kept"
+        )
+      now = time.time()
+      steps_per_sec = (step - steps_at_last) / max(now - t_last, 1e-9)
+      t_last, steps_at_last = now, step
+      train_metrics["steps_per_sec"] = steps_per_sec
+      writer.write(step, "train", train_metrics)
+      eta = (total_steps - step) / max(steps_per_sec, 1e-9)
+      _log(f"step {step}/{total_steps} | train {_fmt(train_metrics)} | ETA {_format_seconds(eta)}")
+    if step % config.eval_every_steps == 0 or last:
+      eval_metrics = run_eval(step)
+    if step % config.checkpoint_every_steps == 0 or last:
+      save(step)
+
+  # ---------------------------------------------------------------- summary
+  if not eval_metrics:  # Already complete when started: evaluate what is there.
+    eval_metrics = run_eval(step)
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.close()
+  _log(
+    f"done: {config.task} {step} steps in {_format_seconds(time.time() - t_start)} | "
+    f"eval {config.dataset.eval_split} {_fmt(eval_metrics)} | workdir {workdir}"
+  )
+  return eval_metrics
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+  return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<config name>).")
+  flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", 0, "Multi-process: this process's index.")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    cli.die(f"unexpected arguments {argv[1:]}: use --config=FILE, --workdir=DIR and --config.KEY=VALUE")
+  FLAGS = flags.FLAGS
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("workdirs", name))
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def run() -> None:
+  """Console entry point (``python -m deconv_jax.train``, ``deconv-train``)."""
+  cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  run()
