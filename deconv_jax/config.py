@@ -77,7 +77,7 @@ def base() -> ml_collections.ConfigDict:
   c.augment.max_scale = 0.0  # relative
 
   c.batch_size = 32  # global, across all devices and hosts
-  c.eval_batch_size = 500
+  c.eval_batch_size = 500  # rounded up to a multiple of the device count
   # Duration: num_train_steps if > 0, else num_epochs over the train split.
   c.num_epochs = 10.0
   c.num_train_steps = -1

@@ -44,6 +44,8 @@ def evaluate_state(
   every device of every process, so all processes return the same global metrics.
   """
   multi_device = jax.device_count() > 1
+  # Batches are padded (mask 0), so any size works: round up to fill every device alike.
+  global_batch_size = -(-global_batch_size // jax.device_count()) * jax.device_count()
   totals: dict[str, float] = {}
   for batch in data.eval_batches(source, global_batch_size=global_batch_size):
     sums = eval_step(state, parallel.shard(batch) if multi_device else batch)
@@ -60,10 +62,6 @@ def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
   step = checkpoint.latest_step(workdir)
   if step is None:
     raise config_lib.ConfigError(f"--workdir={workdir} has no checkpoint: train first")
-  try:
-    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
   source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.eval_split)
   train_info = data.get_info(config_lib.load_json(os.path.join(workdir, "config.json")).dataset, config.dataset.train_split)
