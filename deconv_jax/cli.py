@@ -43,11 +43,11 @@ def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
     die(str(e))
   except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks.
     _unknown_key(argv, config_flag, e)
-  value = flags.FLAGS[config_flag].value
+  value = flags.FLAGS[config_flag].value if config_flag in flags.FLAGS else None
   if type(value).__name__ == "_ErrorConfig":  # config_flags defers a failed load to first use.
     try:
       value.anything  # noqa: B018 - re-raises the load error
-    except Exception as e:  # noqa: BLE001 - whatever the config file raised
+    except Exception as e:  # whatever the config file raised
       die(f"--{config_flag}={flags.FLAGS[config_flag].config_filename}: cannot load the config ({e})")
   return remaining
 

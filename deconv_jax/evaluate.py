@@ -64,7 +64,8 @@ def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
     raise config_lib.ConfigError(f"--workdir={workdir} has no checkpoint: train first")
   source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.eval_split)
-  train_info = data.get_info(config_lib.load_json(os.path.join(workdir, "config.json")).dataset, config.dataset.train_split)
+  trained_on = config_lib.load_json(os.path.join(workdir, "config.json")).dataset
+  train_info = data.get_info(trained_on, trained_on.train_split)
   if info.image_shape != train_info.image_shape or info.num_classes != train_info.num_classes:
     raise config_lib.ConfigError(
       f"config.dataset: {config.dataset.source}:{config.dataset.eval_split} has images {info.image_shape} and "

@@ -15,16 +15,18 @@ import numpy as np
 AXIS = "batch"
 
 
-def initialize(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0) -> None:
-  """Starts multi-process JAX when asked to (``num_processes > 1``), or on a TPU pod (auto-detected).
+def initialize(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0, auto: bool = False) -> None:
+  """Starts multi-process JAX, if asked to; must run before anything touches the devices.
 
-  On CPU/GPU give all three; on Cloud TPU ``jax.distributed.initialize()``
-  discovers them itself.
+  ``auto``: ``jax.distributed.initialize()`` discovers the cluster itself (Cloud TPU
+  pods, SLURM, Open MPI). Otherwise, with ``num_processes > 1``, the explicit
+  coordinator ``host:port`` (process 0's address), the process count and this
+  process's id: how CPU or GPU hosts, or several processes on one machine, join.
   """
-  if num_processes > 1:
+  if auto:
+    jax.distributed.initialize()
+  elif num_processes > 1:
     jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
-  elif coordinator_address:
-    jax.distributed.initialize(coordinator_address)
 
 
 def check_batch_size(global_batch_size: int, key: str = "batch_size") -> int:

@@ -28,14 +28,13 @@ from deconv_jax.metric_writers import MetricWriter
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
 
 
-
 def _log(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
 
 
 def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
+  seconds = round(seconds)
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
@@ -184,6 +183,7 @@ def _fmt(metrics: dict[str, float]) -> str:
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Experiment config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<config name>).")
+  flags.DEFINE_bool("distributed", False, "Multi-host: discover the cluster (Cloud TPU pod, SLURM, Open MPI).")
   flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
   flags.DEFINE_integer("num_processes", 1, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", 0, "Multi-process: this process's index.")
@@ -193,7 +193,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     cli.die(f"unexpected arguments {argv[1:]}: use --config=FILE, --workdir=DIR and --config.KEY=VALUE")
   FLAGS = flags.FLAGS
-  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.num_processes > 1 and not FLAGS.coordinator_address:
+    cli.die(f"--num_processes={FLAGS.num_processes} needs --coordinator_address=HOST:PORT (process 0's address)")
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed)
   name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("workdirs", name))

@@ -43,7 +43,11 @@ def test_evaluate_on_8_devices_matches_one(trained, cli):
 
 def test_evaluate_on_the_real_mnist_test_set(trained, cli, mnist_dir):
   workdir, _ = trained
-  overrides = ["--config.dataset.source=idx", f"--config.dataset.data_dir={mnist_dir}", "--config.dataset.eval_split=test"]
+  overrides = [
+    "--config.dataset.source=idx",
+    f"--config.dataset.data_dir={mnist_dir}",
+    "--config.dataset.eval_split=test",
+  ]
   metrics = last_json(cli("deconv_jax.evaluate", f"--workdir={workdir}", *overrides, check=True).stdout)
   assert metrics["num_examples"] == 10000
   assert 0.3 < metrics["accuracy"] <= 1.0  # 60 steps of a small CNN: far above chance, far from done

@@ -52,7 +52,7 @@ def test_cnn_takes_any_image_shape(shape, kwargs):
 
 
 def test_cnn_too_deep_for_its_input_raises():
-  with pytest.raises(ValueError, match="does not fit|larger than"):
+  with pytest.raises(ValueError, match=r"does not fit|larger than"):
     models.CNN(features=(8,) * 5).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
 
 

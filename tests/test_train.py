@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
 from conftest import REPO
 
 from deconv_jax import checkpoint, data, train
@@ -134,10 +133,23 @@ def test_two_processes_over_loopback_train_together(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   procs = [
     subprocess.Popen(
-      [sys.executable, "-m", "deconv_jax.train", *SMALL, "--config.num_train_steps=10", "--config.log_every_steps=5",
-       f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+      [
+        sys.executable,
+        "-m",
+        "deconv_jax.train",
+        *SMALL,
+        "--config.num_train_steps=10",
+        "--config.log_every_steps=5",
+        f"--workdir={workdir}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     for i in range(2)
   ]
   outputs = [p.communicate(timeout=240) for p in procs]

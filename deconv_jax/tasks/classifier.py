@@ -87,5 +87,5 @@ def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
   return {
     "accuracy": float(sums["correct"]) / count,
     "loss": float(sums["loss"]) / count,
-    "num_examples": int(round(float(sums["count"]))),
+    "num_examples": round(float(sums["count"])),
   }
