@@ -70,6 +70,10 @@ def as_pair(value: IntOrPair, name: str, *, minimum: int = 1) -> Pair:
   return pair
 
 
+def _is_same(padding: Padding) -> bool:
+  return isinstance(padding, str) and padding.upper() == "SAME"
+
+
 def _effective_kernel(kernel_hw: Pair, dilation: Pair) -> Pair:
   return tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))  # type: ignore[return-value]
 
@@ -155,23 +159,14 @@ def deconv_output_range(
   These are exactly the sizes ``deconv2d`` of a ``output_hw`` map may produce.
   """
   strides, dilation = as_pair(strides, "strides"), as_pair(dilation, "dilation")
-  ranges = []
-  for o, s in zip(output_hw, strides):
-    if isinstance(padding, str) and padding.upper() == "SAME":
-      ranges.append(((o - 1) * s + 1, o * s))
-    else:
-      ranges.append(None)
-  if all(r is not None for r in ranges):
-    return tuple(ranges)  # type: ignore[return-value]
+  if _is_same(padding):
+    return tuple(((o - 1) * s + 1, o * s) for o, s in zip(output_hw, strides))  # type: ignore[return-value]
   # Numeric padding does not depend on the input size.
-  (plo_h, phi_h), (plo_w, phi_w) = explicit_padding(padding, (1, 1), kernel_hw, strides, dilation)
+  pads = explicit_padding(padding, (1, 1), kernel_hw, strides, dilation)
   out = []
-  for o, k, s, (lo, hi) in zip(
-    output_hw, _effective_kernel(tuple(kernel_hw), dilation), strides, ((plo_h, phi_h), (plo_w, phi_w))
-  ):
-    smallest = max((o - 1) * s + k - lo - hi, 1)
-    largest = (o - 1) * s + k - lo - hi + s - 1
-    out.append((smallest, largest))
+  for o, k, s, (lo, hi) in zip(output_hw, _effective_kernel(tuple(kernel_hw), dilation), strides, pads):
+    smallest = (o - 1) * s + k - lo - hi
+    out.append((max(smallest, 1), smallest + s - 1))
   return tuple(out)  # type: ignore[return-value]
 
 
@@ -196,10 +191,9 @@ def deconv_output_shape(
       raise ValueError(
         f"output_padding must be smaller than strides per axis, got {output_padding} for strides {strides}"
       )
-  is_same = isinstance(padding, str) and padding.upper() == "SAME"
-  if is_same and any(output_padding):
+  if _is_same(padding) and any(output_padding):
     raise ValueError("output_padding only applies to numeric padding; with padding='SAME' pass input_shape")
-  if is_same:
+  if _is_same(padding):
     ranges = deconv_output_range(output_hw, kernel_hw, strides=strides, padding=padding, dilation=dilation)
     return tuple(hi for _, hi in ranges)  # type: ignore[return-value]
   # The PyTorch formula itself, not the smallest size of deconv_output_range plus output_padding: that range's
