@@ -64,8 +64,13 @@ def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
     raise config_lib.ConfigError(f"--workdir={workdir} has no checkpoint: train first")
   source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.eval_split)
-  trained_on = config_lib.load_json(os.path.join(workdir, "config.json")).dataset
-  train_info = data.get_info(trained_on, trained_on.train_split)
+  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  changed = [d for d in config_lib.differences(saved, config) if not d.startswith("dataset.")]
+  if changed:
+    raise config_lib.ConfigError(
+      f"evaluate takes overrides of config.dataset.* and eval_batch_size only; the run's config differs in {changed[0]}"
+    )
+  train_info = data.get_info(saved.dataset, saved.dataset.train_split)
   if info.image_shape != train_info.image_shape or info.num_classes != train_info.num_classes:
     raise config_lib.ConfigError(
       f"config.dataset: {config.dataset.source}:{config.dataset.eval_split} has images {info.image_shape} and "

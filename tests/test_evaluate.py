@@ -60,6 +60,7 @@ def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
     ([], "error: --workdir=DIR is required"),
     ([f"--workdir={workdir}", "--config.nope=1"], "error: unknown config key --config.nope"),
     ([f"--workdir={workdir}", "--config.dataset.eval_split=test"], "error: config.dataset.eval_split='test'"),
+    ([f"--workdir={workdir}", "--config.model.dense=(64,)"], "error: evaluate takes overrides of config.dataset.*"),
   ]
   for args, message in cases:
     result = cli("deconv_jax.evaluate", *args)
