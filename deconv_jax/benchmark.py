@@ -41,7 +41,7 @@ from absl import flags
 from jax import lax
 from ml_collections import config_flags
 
-from deconv_jax import cli, ops
+from deconv_jax import cli, ops, tasks
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import classifier
 
@@ -323,10 +323,7 @@ def main(argv: list[str]) -> None:
   config_lib.validate(FLAGS.config)
   if "train_step" in FLAGS.only:
     info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
-    try:  # Shapes only, as in train: a model that cannot take 28x28 images is a config error, not a traceback.
-      jax.eval_shape(lambda r: classifier.create_state(FLAGS.config, r, info, 1), jax.random.key(0))
-    except ValueError as e:
-      raise config_lib.ConfigError(f"config.model cannot take images of shape (28, 28, 1): {e}") from None
+    tasks.check_model_fits(classifier, FLAGS.config, info)  # As train does, before any work.
   run_benchmarks(
     FLAGS.only,
     batch_sizes=[int(b) for b in FLAGS.batch_sizes],

@@ -81,10 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- model & state
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
-  try:  # Shapes only: catches a model that cannot take these images before any real work.
-    jax.eval_shape(lambda r: task.create_state(config, r, info, total_steps), init_rng)
-  except ValueError as e:
-    raise config_lib.ConfigError(f"config.model cannot take images of shape {info.image_shape}: {e}") from None
+  tasks.check_model_fits(task, config, info)  # Before any real work.
   prepare_workdir(config, workdir)
   state = task.create_state(config, init_rng, info, total_steps)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))

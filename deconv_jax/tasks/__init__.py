@@ -15,7 +15,12 @@ or ``jax.pmap`` (several, ``axis_name="batch"``).
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
+import jax
+import ml_collections
+
+from deconv_jax.config import ConfigError
 from deconv_jax.tasks import classifier
 
 _TASKS: dict[str, ModuleType] = {"classifier": classifier}
@@ -26,3 +31,11 @@ def get(name: str) -> ModuleType:
   if name not in _TASKS:
     raise ValueError(f"config.task={name!r} is not allowed: one of {tuple(_TASKS)}")
   return _TASKS[name]
+
+
+def check_model_fits(task: ModuleType, config: ml_collections.ConfigDict, info: Any) -> None:
+  """Builds the task's state in shapes only (no compute); ConfigError if the model cannot take ``info.image_shape``."""
+  try:
+    jax.eval_shape(lambda r: task.create_state(config, r, info, 1), jax.random.key(0))
+  except ValueError as e:
+    raise ConfigError(f"config.model cannot take images of shape {info.image_shape}: {e}") from None
