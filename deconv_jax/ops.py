@@ -375,8 +375,66 @@ def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = No
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), "VALID")
 
 
+def max_pool_switches(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None) -> jax.Array:
+  """Zeiler & Fergus's "switches": where each pooling window's maximum came from, as `max_pool` routes it.
+
+  x ``[N, H, W, C]`` -> routing weights ``[N, h, w, C, kh, kw]`` (``h, w`` = `max_pool_output_shape`),
+  each window's weights summing to 1. `unpool_with_switches` with these weights is exactly
+  the VJP of ``max_pool(x, window, strides)``, ties included:
+
+  * non-overlapping windows (``strides == window``, the reshape-and-max path): the weight
+    is split evenly among the window's tied maxima, as the VJP of ``jnp.max`` does;
+  * overlapping windows (the ``lax.reduce_window`` path): all weight goes to the first
+    maximum in row-major window order, as XLA's select-and-scatter does.
+
+  With continuous inputs ties have probability zero; after a ReLU they are common (an
+  all-zero window), and there the two rules differ.
+  """
+  window = as_pair(window, "window")
+  strides = window if strides is None else as_pair(strides, "strides")
+  (kh, kw), (sh, sw) = window, strides
+  h, w = max_pool_output_shape(x.shape[1:3], window, strides)
+  patches = jnp.stack(
+    [x[:, a : a + sh * (h - 1) + 1 : sh, b : b + sw * (w - 1) + 1 : sw] for a in range(kh) for b in range(kw)], axis=-1
+  )  # [N, h, w, C, kh * kw]
+  if strides == window:
+    is_max = patches == patches.max(axis=-1, keepdims=True)
+    weights = is_max / is_max.sum(axis=-1, keepdims=True)
+  else:
+    weights = jax.nn.one_hot(jnp.argmax(patches, axis=-1), kh * kw, dtype=x.dtype)
+  return weights.astype(x.dtype).reshape(*weights.shape[:-1], kh, kw)
+
+
+def unpool_with_switches(
+  y: jax.Array, switches: jax.Array, input_hw: Sequence[int], strides: IntOrPair | None = None
+) -> jax.Array:
+  """Unpooling: each pooled value goes back to where its window's max was (Zeiler & Fergus 2014).
+
+  y ``[N, h, w, C]``, switches ``[N, h, w, C, kh, kw]`` from `max_pool_switches` ->
+  ``[N, H, W, C]`` with ``(H, W) = input_hw``; values of overlapping windows add, positions
+  no window covers are 0. Identity: ``unpool_with_switches(g, max_pool_switches(x, p, s), x.shape[1:3], s)
+  == jax.vjp(lambda x: max_pool(x, p, s), x)[1](g)[0]``.
+  """
+  kh, kw = switches.shape[-2:]
+  sh, sw = (kh, kw) if strides is None else as_pair(strides, "strides")
+  n, h, w, c = y.shape
+  if switches.shape[:4] != y.shape:
+    raise ValueError(f"switches of shape {switches.shape} do not match pooled values of shape {y.shape}")
+  values = y[..., None, None] * switches  # [N, h, w, C, kh, kw]
+  x = jnp.zeros((n, *input_hw, c), y.dtype)
+  for a in range(kh):
+    for b in range(kw):
+      x = x.at[:, a : a + sh * (h - 1) + 1 : sh, b : b + sw * (w - 1) + 1 : sw].add(values[..., a, b])
+  return x
+
+
 def max_pool_output_shape(input_hw: Sequence[int], window: IntOrPair = 2, strides: IntOrPair | None = None) -> Pair:
   """``H_out = floor((H - p) / s) + 1``, VALID."""
   window = as_pair(window, "window")
   strides = window if strides is None else as_pair(strides, "strides")
   return tuple((n - p) // s + 1 for n, p, s in zip(input_hw, window, strides))  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------
+# Up-sampling without a transposed convolution.
+# ----------------------------------------------------------------------------

@@ -703,6 +703,47 @@ def test_max_pool_drops_trailing_and_rejects_small_input():
     ops.max_pool(x, 6)
 
 
+def unpool_and_vjp(x, ct, window, strides):
+  """unpool_with_switches(ct, switches of x) and the VJP of max_pool at x, in one computation."""
+
+  def both(x, ct):
+    unpooled = ops.unpool_with_switches(ct, ops.max_pool_switches(x, window, strides), x.shape[1:3], strides)
+    return unpooled, jax.vjp(lambda v: ops.max_pool(v, window, strides), x)[1](ct)[0]
+
+  return jax.jit(both)(x, ct)
+
+
+@SETTINGS
+@given(pool_cases(), SEEDS, st.sampled_from(["distinct", "relu", "few_values"]))
+def test_unpool_with_switches_is_the_max_pool_vjp(case, seed, values):
+  window, strides, _, _, shape = case
+  x = {
+    "distinct": lambda: distinct(seed, shape),
+    "relu": lambda: jnp.maximum(randn(seed, shape), 0),  # ties: windows of zeros
+    "few_values": lambda: jax.random.randint(jax.random.key(seed), shape, 0, 2).astype(jnp.float32),
+  }[values]()
+  out_hw = ops.max_pool_output_shape(shape[1:3], window, strides)
+  ct = randn(seed + 1, (shape[0], *out_hw, shape[3]))
+  unpooled, vjp = unpool_and_vjp(x, ct, window, strides)
+  np.testing.assert_allclose(unpooled, vjp, rtol=1e-6, atol=1e-6)
+
+
+def test_switches_on_ties():
+  # One window with maxima at (0, 0), (0, 1) and (1, 1).
+  x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
+  # Non-overlapping windows (reshape-and-max): the value is split evenly among the tied maxima.
+  even = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
+  np.testing.assert_allclose(even[0, ..., 0], [[1 / 3, 1 / 3], [0, 1 / 3]], rtol=1e-6)
+  # Overlapping windows (reduce_window): all of it goes to the first maximum in row-major order.
+  x = jnp.array([[0.0, 2.0, 2.0], [2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]).reshape(1, 3, 3, 1)
+  switches = ops.max_pool_switches(x, 2, 1)
+  first = ops.unpool_with_switches(jnp.ones((1, 2, 2, 1)), switches, (3, 3), 1)
+  # Windows at (0, 0) and (0, 1) both pick x[0, 1]; (1, 0) picks x[1, 0]; (1, 1) picks x[1, 2].
+  np.testing.assert_array_equal(first[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
+  for values, pooled in [(even, 1), (first, 4)]:  # nothing lost, nothing made
+    assert float(values.sum()) == pytest.approx(pooled)
+
+
 # ----------------------------------------------------------------------------
 # 11. Differentiable in the kernel too.
 # ----------------------------------------------------------------------------
