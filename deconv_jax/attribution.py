@@ -1,0 +1,193 @@
+"""Saliency, deconvnet and guided backprop: one VJP of the forward pass, three ReLU rules.
+
+Zeiler & Fergus's deconvnet projects an activation back to pixels through the
+network's own filters, transposed. That is not a second network: the transposed
+filters are the VJP of the convolutions (`ops.deconv2d`), and unpooling with
+switches is the VJP of max pooling (`ops.unpool_with_switches`). The three methods
+run the same `jax.vjp` and differ only in how the backward signal ``g`` crosses a
+ReLU whose input was ``x``:
+
+=================  ==========================  ==============================
+method             backward rule               source
+=================  ==========================  ==============================
+``saliency``       ``g * (x > 0)``             the plain gradient (Simonyan et al. 2014)
+``deconvnet``      ``relu(g)``                 Zeiler & Fergus 2014: no forward mask
+``guided_backprop``  ``relu(g) * (x > 0)``     Springenberg et al. 2015: both
+=================  ==========================  ==============================
+
+Any Flax Linen module whose activation is a field works: the field is swapped
+for a ReLU carrying the rule (``module.clone(activation=...)``). A *target* picks
+what to project from the forward pass's named activations (`activations`): a
+logit, a whole feature map, one channel, one unit, or the strongest unit of a
+channel. Targets are per example (``[N, ...]``), so one example's result never
+depends on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+Target = Callable[[dict[str, jax.Array]], jax.Array]
+METHODS = ("saliency", "deconvnet", "guided_backprop")
+
+_BACKWARD_RULES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+  "saliency": lambda active, g: g * active,
+  "deconvnet": lambda active, g: jnp.maximum(g, 0),
+  "guided_backprop": lambda active, g: jnp.maximum(g, 0) * active,
+}
+
+
+def _relu_with_rule(method: str) -> Callable[[jax.Array], jax.Array]:
+  backward = _BACKWARD_RULES[method]
+
+  @jax.custom_vjp
+  def relu(x):
+    return jnp.maximum(x, 0)
+
+  def fwd(x):
+    return jnp.maximum(x, 0), x > 0
+
+  def bwd(active, g):
+    return (backward(active.astype(g.dtype), g),)
+
+  relu.defvjp(fwd, bwd)
+  relu.__name__ = f"relu_{method}"
+  return relu
+
+
+RELU_RULES: dict[str, Callable[[jax.Array], jax.Array]] = {m: _relu_with_rule(m) for m in METHODS}
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"method={method!r} is not allowed: one of {METHODS}")
+
+
+def with_relu_rule(module: nn.Module, method: str, field: str = "activation") -> nn.Module:
+  """``module`` with its ReLU ``field`` replaced by the ReLU of ``method``'s backward rule.
+
+  Deconvnet and guided backprop are defined for ReLU networks: another activation is
+  a ValueError. Saliency is the plain gradient of any network, so a module with
+  another activation is returned unchanged.
+  """
+  _check_method(method)
+  if not hasattr(module, field):
+    raise ValueError(f"{type(module).__name__} has no field {field!r}: the activation must be a module field")
+  activation = getattr(module, field)
+  if activation is not nn.relu and activation not in RELU_RULES.values():
+    if method == "saliency":
+      return module
+    name = getattr(activation, "__name__", repr(activation))
+    raise ValueError(f"method={method!r} needs a ReLU network; {type(module).__name__}.{field} is {name}")
+  return module.clone(**{field: RELU_RULES[method]})
+
+
+def activations(module: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+  """Every named activation of ``module`` on ``images``, ``{name: [N, ...]}``.
+
+  ``"output"`` is what the module returns; values sown into ``"intermediates"`` keep
+  their names (our CNN's ``act1``, ``pool1``, ..., ``hidden1``, ``logits``); the output
+  of each submodule is under its path (``conv1``, ``dense1``: before the activation).
+  """
+  output, state = module.apply(variables, images, mutable=["intermediates"], capture_intermediates=True)
+  named = {"output": output}
+  for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
+    if path == ("__call__",):
+      continue
+    name = "/".join(path[:-1]) if path[-1] == "__call__" else "/".join(path)
+    named[name] = value[-1]
+  return named
+
+
+def attribute(
+  module: nn.Module,
+  variables: Any,
+  images: jax.Array,
+  target: Target,
+  method: str = "saliency",
+  *,
+  seed: str = "ones",
+  field: str = "activation",
+) -> jax.Array:
+  """Projects ``target`` back to pixel space under ``method``'s ReLU rule: images ``[N, H, W, C]`` -> same shape.
+
+  The VJP of ``images -> target(activations(images))``, seeded with ``ones`` (for
+  saliency: the gradient of each example's target sum) or with the target's own
+  ``values`` (Zeiler & Fergus feed the activations themselves into the deconvnet).
+  Every rule is positively homogeneous, so the two seeds differ by a positive factor
+  per example when the target is a single unit.
+  """
+  if seed not in ("ones", "values"):
+    raise ValueError(f"seed={seed!r} is not allowed: 'ones' or 'values'")
+  module = with_relu_rule(module, method, field)
+  selected, vjp = jax.vjp(lambda x: target(activations(module, variables, x)), images)
+  (projection,) = vjp(jnp.ones_like(selected) if seed == "ones" else jax.lax.stop_gradient(selected))
+  return projection
+
+
+# ---------------------------------------------------------------- targets
+
+
+def _per_example(index: int | jax.Array, n: int) -> jax.Array:
+  return jnp.broadcast_to(jnp.asarray(index, jnp.int32), (n,))
+
+
+def logit(labels: int | jax.Array, name: str = "output") -> Target:
+  """The logit of class ``labels`` (one int, or ``[N]``) of activation ``name`` ``[N, K]``: ``[N]``."""
+
+  def target(acts):
+    logits_NK = acts[name]
+    return jnp.take_along_axis(logits_NK, _per_example(labels, logits_NK.shape[0])[:, None], axis=1)[:, 0]
+
+  return target
+
+
+def layer(name: str) -> Target:
+  """The whole activation ``name`` (e.g. a feature map ``[N, H, W, C]``)."""
+  return lambda acts: acts[name]
+
+
+def channel(name: str, c: int | jax.Array) -> Target:
+  """Channel ``c`` (one int, or ``[N]``) of feature map ``name``: ``[N, H, W]``."""
+
+  def target(acts):
+    x_NHWC = acts[name]
+    c_N = _per_example(c, x_NHWC.shape[0])
+    return jnp.take_along_axis(x_NHWC, c_N[:, None, None, None], axis=3)[..., 0]
+
+  return target
+
+
+def unit(name: str, index: Sequence[int]) -> Target:
+  """The single unit ``index`` = ``(i, j, c)`` of feature map ``name`` (or ``(k,)`` of a vector): ``[N]``."""
+  return lambda acts: acts[name][(slice(None), *index)]
+
+
+def strongest(name: str, c: int | jax.Array) -> Target:
+  """Channel ``c`` of ``name`` with every unit but its maximum zeroed (Zeiler & Fergus): ``[N, H, W]``.
+
+  The maximum's position is a constant of the target (first maximum in row-major
+  order), so the projection starts from that one unit alone.
+  """
+  select = channel(name, c)
+
+  def target(acts):
+    x_NHW = select(acts)
+    n, h, w = x_NHW.shape
+    at_max = jax.nn.one_hot(jnp.argmax(x_NHW.reshape(n, h * w), axis=1), h * w, dtype=x_NHW.dtype)
+    return x_NHW * jax.lax.stop_gradient(at_max.reshape(n, h, w))
+
+  return target
+
+
+def argmax_position(x_NHW: jax.Array) -> jax.Array:
+  """``[N, 2]`` (row, column) of each example's maximum, the unit `strongest` keeps."""
+  n, h, w = x_NHW.shape
+  flat = jnp.argmax(x_NHW.reshape(n, h * w), axis=1)
+  return jnp.stack([flat // w, flat % w], axis=1)

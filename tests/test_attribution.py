@@ -1,0 +1,256 @@
+"""attribution: one VJP, three ReLU rules; each property checked against a computation that does not use it."""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deconv_jax import attribution, models
+
+
+class OneConv(nn.Module):
+  """A single conv layer followed by the activation."""
+
+  features: int = 3
+  kernel_size: int = 3
+  strides: int = 1
+  padding: str = "VALID"
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    return self.activation(models.Conv(self.features, self.kernel_size, self.strides, self.padding, name="conv")(x))
+
+
+class Tiny(nn.Module):
+  """4x4 input -> 3x3 conv (1 channel) -> ReLU -> Dense(2) -> ReLU."""
+
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    h = self.activation(models.Conv(1, 3, padding="VALID", name="conv")(x))
+    return self.activation(nn.Dense(2, name="dense")(h.reshape(h.shape[0], -1)))
+
+
+class ReluFirst(nn.Module):
+  """ReLU straight on the pixels (shifted by 0.5), so the pixel-space signal is the signal at that ReLU."""
+
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    h = self.activation(x - 0.5)
+    h = self.activation(models.Conv(4, 3, name="conv")(h))
+    return nn.Dense(3, name="dense")(h.reshape(h.shape[0], -1))
+
+
+def small_cnn(pool=2, activation=nn.relu):
+  return models.CNN(features=(8, 6), dense=(8,), pool=pool, num_classes=5, activation=activation)
+
+
+def images(n, hw=16, c=1, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (n, hw, hw, c))
+
+
+# ---------------------------------------------------------------- the rules
+
+
+def test_relu_rules_backward():
+  x = jnp.array([-2.0, -0.5, 0.0, 0.5, 2.0])
+  g = jnp.array([1.0, -1.0, 3.0, -2.0, 4.0])
+  expected = {
+    "saliency": [0, 0, 0, -2, 4],  # g * (x > 0)
+    "deconvnet": [1, 0, 3, 0, 4],  # relu(g)
+    "guided_backprop": [0, 0, 0, 0, 4],  # relu(g) * (x > 0)
+  }
+  for method, want in expected.items():
+    y, vjp = jax.vjp(attribution.RELU_RULES[method], x)
+    np.testing.assert_array_equal(y, jnp.maximum(x, 0))
+    np.testing.assert_array_equal(vjp(g)[0], want, err_msg=method)
+
+
+# ---------------------------------------------------------------- saliency is the gradient
+
+
+@pytest.mark.parametrize("activation", [nn.relu, nn.gelu], ids=["relu", "gelu"])
+def test_saliency_equals_jax_grad(activation):
+  model = small_cnn(activation=activation)
+  x = images(3)
+  variables = model.init(jax.random.key(1), x)
+  targets = {
+    "logit": (attribution.logit(jnp.array([0, 2, 4])), lambda o, a: o[jnp.arange(3), jnp.array([0, 2, 4])]),
+    "channel": (attribution.channel("act2", 1), lambda o, a: a["act2"][..., 1]),
+    "layer": (attribution.layer("pool1"), lambda o, a: a["pool1"]),
+  }
+  for name, (target, direct) in targets.items():
+    got = attribution.attribute(model, variables, x, target, "saliency")
+
+    def total(x, direct=direct):
+      out, state = model.apply(variables, x, mutable=["intermediates"])
+      return direct(out, {k: v[-1] for k, v in state["intermediates"].items()}).sum()
+
+    np.testing.assert_allclose(got, jax.grad(total)(x), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+# ---------------------------------------------------------------- one conv layer: the filter, placed
+
+
+@given(
+  kernel_size=st.integers(1, 4),
+  strides=st.integers(1, 3),
+  padding=st.sampled_from(["VALID", "SAME"]),
+  hw=st.integers(5, 9),
+  bias=st.floats(-3, 3),
+  data=st.data(),
+)
+def test_deconvnet_of_one_unit_is_its_filter_at_its_receptive_field(kernel_size, strides, padding, hw, bias, data):
+  model = OneConv(features=3, kernel_size=kernel_size, strides=strides, padding=padding)
+  x = images(1, hw, c=2, seed=data.draw(st.integers(0, 99)))
+  variables = model.init(jax.random.key(0), x)
+  variables["params"]["conv"]["bias"] = jnp.full((3,), bias)  # many units inactive for large negative biases
+  out_hw = -(-hw // strides) if padding == "SAME" else (hw - kernel_size) // strides + 1
+  i, j = data.draw(st.integers(0, out_hw - 1)), data.draw(st.integers(0, out_hw - 1))
+  c = data.draw(st.integers(0, 2))
+  pad_top = max((out_hw - 1) * strides + kernel_size - hw, 0) // 2 if padding == "SAME" else 0
+
+  kernel = np.asarray(variables["params"]["conv"]["kernel"])  # [k, k, Cin, Cout]
+  expected = np.zeros((1, hw + 2 * kernel_size, hw + 2 * kernel_size, 2), np.float32)  # room for the padding
+  r0, c0 = i * strides - pad_top + kernel_size, j * strides - pad_top + kernel_size
+  expected[0, r0 : r0 + kernel_size, c0 : c0 + kernel_size] = kernel[..., c]
+  expected = expected[:, kernel_size : kernel_size + hw, kernel_size : kernel_size + hw]
+
+  target = attribution.unit("output", (i, j, c))
+  projection = attribution.attribute(model, variables, x, target, "deconvnet")
+  np.testing.assert_allclose(projection, expected, atol=1e-6)
+  active = float(attribution.activations(model, variables, x)["conv"][0, i, j, c]) > 0
+  guided = attribution.attribute(model, variables, x, target, "guided_backprop")
+  np.testing.assert_allclose(guided, expected if active else 0 * expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------- forward masks
+
+
+def test_guided_backprop_is_zero_where_the_forward_relu_was_inactive():
+  model = ReluFirst()
+  x = images(4, 8, seed=3)
+  variables = model.init(jax.random.key(0), x)
+  inactive = np.asarray(x <= 0.5)
+  assert 0.2 < inactive.mean() < 0.8
+  for k in range(3):
+    guided = np.asarray(attribution.attribute(model, variables, x, attribution.logit(k), "guided_backprop"))
+    deconv = np.asarray(attribution.attribute(model, variables, x, attribution.logit(k), "deconvnet"))
+    assert np.all(guided[inactive] == 0)
+    assert np.any(guided[~inactive] != 0)
+    assert np.any(deconv[inactive] != 0)  # the deconvnet ignores the mask, so the check above could fail
+
+
+def test_deconvnet_does_not_depend_on_the_forward_relu_masks():
+  # Without pooling there are no switches: the deconvnet's backward pass sees nothing of the input.
+  model = small_cnn(pool=1)
+  a, b = images(2, seed=1), images(2, seed=2) - 0.5
+  variables = model.init(jax.random.key(0), a)
+  masks = lambda x: [np.asarray(attribution.activations(model, variables, x)[f"conv{i}"] > 0) for i in (1, 2)]
+  assert any(np.any(ma != mb) for ma, mb in zip(masks(a), masks(b)))
+  target = attribution.logit(3)
+  for method, same in [("deconvnet", True), ("guided_backprop", False), ("saliency", False)]:
+    pa = attribution.attribute(model, variables, a, target, method)
+    pb = attribution.attribute(model, variables, b, target, method)
+    assert np.allclose(pa, pb, atol=1e-6) == same, method
+
+
+# ---------------------------------------------------------------- batch independence
+
+
+@pytest.mark.parametrize("method", attribution.METHODS)
+def test_one_example_does_not_depend_on_the_rest_of_the_batch(method):
+  model = small_cnn()
+  x = images(5)
+  variables = model.init(jax.random.key(0), x)
+  channels = jnp.array([0, 1, 2, 3, 0])
+  project = jax.jit(lambda x, c: attribution.attribute(model, variables, x, attribution.strongest("act2", c), method))
+  full = project(x, channels)
+  other = x.at[1:].set(jax.random.normal(jax.random.key(9), x[1:].shape))
+  np.testing.assert_allclose(project(other, channels)[0], full[0], rtol=1e-5, atol=1e-7)
+  for k in range(5):
+    np.testing.assert_allclose(project(x[k : k + 1], channels[k : k + 1])[0], full[k], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- targets
+
+
+def test_strongest_keeps_only_the_maximum_of_the_channel():
+  model = small_cnn()
+  x = images(3)
+  variables = model.init(jax.random.key(0), x)
+  acts = attribution.activations(model, variables, x)
+  alive = [int(c) for c in np.flatnonzero(acts["act1"].min(axis=0).max(axis=(0, 1)) > 0)][:3]
+  assert len(alive) == 3
+  kept = attribution.strongest("act1", jnp.array(alive))(acts)
+  for n, c in enumerate(alive):
+    channel = np.asarray(acts["act1"][n, ..., c])
+    assert np.count_nonzero(kept[n]) == 1
+    assert kept[n].max() == channel.max()
+    pos = attribution.argmax_position(acts["act1"][..., c])[n]
+    assert kept[n][tuple(pos)] == channel.max()
+  # Seeding with the values scales the single-unit projection by that unit's activation.
+  target = attribution.strongest("act1", alive[0])
+  ones = attribution.attribute(model, variables, x, target, "deconvnet")
+  values = attribution.attribute(model, variables, x, target, "deconvnet", seed="values")
+  scale = acts["act1"][..., alive[0]].max(axis=(1, 2))
+  np.testing.assert_allclose(values, ones * scale[:, None, None, None], rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- a network small enough to do by hand
+
+
+def test_hand_computed_tiny_network():
+  # x is the 4x4 identity. The conv kernel is all ones with bias -2.5: its 2x2 output is the window sums
+  # [[3, 2], [2, 3]] - 2.5 = [[.5, -.5], [-.5, .5]], so the ReLU is active on the diagonal: h = [.5, 0, 0, .5].
+  # Dense column 0 = [2, -1, 1, -1], bias 0: z0 = 1 - .5 = .5, active.
+  # Dense column 1 = [-1, 1, 1, 1], bias -.25: z1 = -.5 + .5 - .25 = -.25, inactive.
+  x = jnp.eye(4).reshape(1, 4, 4, 1)
+  variables = {
+    "params": {
+      "conv": {"kernel": jnp.ones((3, 3, 1, 1)), "bias": jnp.array([-2.5])},
+      "dense": {"kernel": jnp.array([[2.0, -1], [-1, 1], [1, 1], [-1, 1]]), "bias": jnp.array([0.0, -0.25])},
+    }
+  }
+  model = Tiny()
+  np.testing.assert_allclose(model.apply(variables, x), [[0.5, 0.0]])
+  # Output 0: the signal at the conv units is the dense column [[2, -1], [1, -1]];
+  #   saliency masks it to [[2, 0], [0, -1]], deconvnet rectifies it to [[2, 0], [1, 0]],
+  #   guided does both: [[2, 0], [0, 0]]; each unit then spreads its value over its 3x3 window.
+  # Output 1 is inactive: saliency and guided are 0; the deconvnet passes relu(1) = 1 down,
+  #   rectifies [[-1, 1], [1, 1]] to [[0, 1], [1, 1]] and spreads it.
+  expected = {
+    (0, "saliency"): [[2, 2, 2, 0], [2, 1, 1, -1], [2, 1, 1, -1], [0, -1, -1, -1]],
+    (0, "deconvnet"): [[2, 2, 2, 0], [3, 3, 3, 0], [3, 3, 3, 0], [1, 1, 1, 0]],
+    (0, "guided_backprop"): [[2, 2, 2, 0], [2, 2, 2, 0], [2, 2, 2, 0], [0, 0, 0, 0]],
+    (1, "saliency"): np.zeros((4, 4)),
+    (1, "deconvnet"): [[0, 1, 1, 1], [1, 3, 3, 2], [1, 3, 3, 2], [1, 2, 2, 1]],
+    (1, "guided_backprop"): np.zeros((4, 4)),
+  }
+  for (k, method), want in expected.items():
+    got = attribution.attribute(model, variables, x, attribution.logit(k), method)
+    np.testing.assert_allclose(got[0, ..., 0], np.asarray(want, np.float32), err_msg=f"output {k}, {method}")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_rules_that_need_a_relu_network_say_so():
+  model = small_cnn(activation=nn.gelu)
+  x = images(1)
+  variables = model.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"method='deconvnet' needs a ReLU network; CNN\.activation is gelu"):
+    attribution.attribute(model, variables, x, attribution.logit(0), "deconvnet")
+  with pytest.raises(ValueError, match="method='gradcam' is not allowed"):
+    attribution.attribute(model, variables, x, attribution.logit(0), "gradcam")
+  with pytest.raises(ValueError, match="has no field 'activation'"):
+    attribution.with_relu_rule(nn.Dense(3), "deconvnet")
