@@ -1,0 +1,224 @@
+"""Tests for deconv_jax.quality: each measurement on inputs whose answer is known in closed form."""
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from deconv_jax import quality
+
+H = W = 16
+
+
+def grid(h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray]:
+  return np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+
+
+def as_nhwc(image_HW: np.ndarray, n: int = 1, c: int = 1) -> np.ndarray:
+  return np.broadcast_to(image_HW[None, :, :, None], (n, *image_HW.shape, c)).copy()
+
+
+def smooth_image() -> np.ndarray:
+  """An off-centre Gaussian blob in [0, 1], ``[1, H, W, 1]``: its spectrum sits near DC.
+
+  Off-centre because a blob symmetric about 7.5 has *exactly* zero power at the alias points (pairs i, 15 - i cancel).
+  """
+  i, j = grid()
+  return as_nhwc(np.exp(-((i - 6.3) ** 2 + (j - 8.6) ** 2) / (2 * 2.0**2)))
+
+
+# ----------------------------------------------------------------------------
+# FID.
+# ----------------------------------------------------------------------------
+
+
+def test_gaussian_stats_matches_definition():
+  x = np.random.default_rng(0).normal(size=(50, 3))
+  mu, sigma = quality.gaussian_stats(x)
+  centered = x - x.mean(0)
+  np.testing.assert_allclose(mu, x.mean(0))
+  np.testing.assert_allclose(sigma, centered.T @ centered / 49)
+  assert quality.gaussian_stats(x[:, :1])[1].shape == (1, 1)
+  with pytest.raises(ValueError, match="N >= 2"):
+    quality.gaussian_stats(x[:1])
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_fid_is_symmetric():
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(200, 8)), rng.normal(size=(300, 8)) * 1.5 + 0.3
+  assert quality.fid(a, a) == pytest.approx(0.0, abs=1e-6)
+  assert quality.fid(a, b) > 0.1
+  assert quality.fid(a, b) == pytest.approx(quality.fid(b, a), rel=1e-6)
+
+
+def test_fid_with_equal_covariances_is_squared_mean_distance():
+  sigma = np.random.default_rng(2).normal(size=(5, 5))
+  sigma = sigma @ sigma.T + 0.1 * np.eye(5)
+  mu1, mu2 = np.arange(5.0), np.arange(5.0)[::-1]
+  assert quality.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-6)
+
+
+def test_frechet_distance_of_diagonal_gaussians_has_closed_form():
+  rng = np.random.default_rng(3)
+  s1, s2 = rng.uniform(0.1, 4, size=6), rng.uniform(0.1, 4, size=6)
+  mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+  assert quality.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_handles_singular_covariances():
+  """N < D makes both covariances singular; the result is finite, nonnegative, and ~0 for a set with itself."""
+  x = np.random.default_rng(4).normal(size=(5, 20))
+  y = np.random.default_rng(5).normal(size=(5, 20))
+  assert quality.fid(x, x) == pytest.approx(0.0, abs=1e-4)
+  assert np.isfinite(quality.fid(x, y)) and quality.fid(x, y) > 0
+  zero = np.zeros((3, 3))
+  assert quality.frechet_distance(np.zeros(3), zero, np.ones(3), zero) == pytest.approx(3.0)
+
+
+def test_fid_grows_with_the_shift():
+  x = np.random.default_rng(6).normal(size=(500, 4))
+  fids = [quality.fid(x, x + shift) for shift in (0.0, 0.5, 1.0, 2.0)]
+  assert fids[0] == pytest.approx(0.0, abs=1e-6)
+  assert all(a < b for a, b in itertools.pairwise(fids))
+  np.testing.assert_allclose(fids, [4 * s**2 for s in (0.0, 0.5, 1.0, 2.0)], atol=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+  with pytest.raises(ValueError, match="shapes"):
+    quality.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+# ----------------------------------------------------------------------------
+# Classifier score.
+# ----------------------------------------------------------------------------
+
+
+def test_classifier_score_of_uniform_predictions_is_one():
+  assert quality.classifier_score(np.zeros((40, 10))) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("k", [2, 5, 10])
+def test_classifier_score_of_confident_balanced_predictions_is_k(k):
+  labels = np.arange(20 * k) % k
+  logits = 50.0 * np.eye(k)[labels]  # softmax puts 1 - (k-1) e^-50 on the label
+  assert quality.classifier_score(logits) == pytest.approx(k, rel=1e-9)
+  with np.errstate(divide="ignore"):
+    log_probs = np.log(np.eye(k)[labels])  # exact one-hot probabilities, -inf elsewhere
+  with np.errstate(all="raise"):  # the -inf logits must not produce nan on the way
+    assert quality.classifier_score(log_probs) == pytest.approx(k, rel=1e-12)
+
+
+def test_classifier_score_of_confident_predictions_in_one_class_is_one():
+  logits = np.zeros((30, 10))
+  logits[:, 3] = 50.0
+  assert quality.classifier_score(logits) == pytest.approx(1.0)
+  with np.errstate(divide="ignore"):
+    log_probs = np.log(np.eye(10)[np.full(30, 3)])  # classes never predicted have p(y) = 0 exactly
+  with np.errstate(all="raise"):
+    assert quality.classifier_score(log_probs) == 1.0
+
+
+def test_classifier_score_matches_definition_and_splits():
+  logits = np.random.default_rng(7).normal(size=(60, 4)) * 3
+  p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+  def reference(p):
+    return np.exp(np.mean(np.sum(p * (np.log(p) - np.log(p.mean(0))), axis=1)))
+
+  assert quality.classifier_score(logits) == pytest.approx(reference(p), rel=1e-9)
+  scores = quality.classifier_scores(logits, num_splits=3)
+  np.testing.assert_allclose(scores, [reference(p[i : i + 20]) for i in (0, 20, 40)], rtol=1e-9)
+  assert quality.classifier_score(logits, num_splits=3) == pytest.approx(scores.mean())
+  with pytest.raises(ValueError, match="num_splits"):
+    quality.classifier_scores(logits, num_splits=61)
+
+
+# ----------------------------------------------------------------------------
+# Checkerboard share and score.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["checkerboard", "rows", "columns"])
+@pytest.mark.parametrize("width", [1, 2])
+def test_period_two_patterns_have_share_one(pattern, width):
+  i, j = grid()
+  sign = {"checkerboard": (-1.0) ** (i + j), "rows": (-1.0) ** i, "columns": (-1.0) ** j}[pattern]
+  images = as_nhwc(0.5 + 0.5 * sign, n=2, c=3)
+  assert quality.checkerboard_share(images, width) == pytest.approx(1.0)
+
+
+def test_smooth_image_has_share_near_zero():
+  i, j = grid()
+  sinusoid = as_nhwc(0.5 + 0.5 * np.cos(2 * np.pi * (i + 2 * j) / H))
+  assert quality.checkerboard_share(sinusoid) == pytest.approx(0.0, abs=1e-12)
+  assert quality.checkerboard_share(smooth_image(), width=1) < 1e-6
+  assert quality.checkerboard_share(smooth_image(), width=2) < 1e-5
+
+
+def test_added_checkerboard_raises_the_share():
+  i, j = grid()
+  smooth = smooth_image()
+  artifact = smooth + 0.02 * as_nhwc((-1.0) ** (i + j))
+  modulated = smooth * (1 + 0.1 * as_nhwc((-1.0) ** i))  # multiplicative, as uneven deconv overlap produces
+  for width in (1, 2):
+    base = quality.checkerboard_share(smooth, width)
+    assert quality.checkerboard_share(artifact, width) > base + 1e-4
+    assert quality.checkerboard_score(modulated, smooth, width) > 10
+
+
+def test_checkerboard_share_is_pooled_and_counts_the_neighbourhood():
+  """One image with an alias point only, one with power one bin away from it: width 1 sees half, width 2 all."""
+  i, _ = grid()
+  on_alias = (-1.0) ** i
+  beside_alias = np.cos(2 * np.pi * (H // 2 - 1) * i / H) * np.sqrt(2)  # same power, at (H/2 - 1, 0) and mirror
+  images = np.concatenate([as_nhwc(on_alias), as_nhwc(beside_alias)])
+  assert quality.checkerboard_share(images, width=1) == pytest.approx(0.5)
+  assert quality.checkerboard_share(images, width=2) == pytest.approx(1.0)
+
+
+def test_checkerboard_score_of_images_against_themselves_is_one():
+  images = np.random.default_rng(8).uniform(size=(3, H, W, 2))
+  assert quality.checkerboard_score(images, images) == pytest.approx(1.0)
+  assert quality.checkerboard_share(np.full((2, H, W, 1), 0.3)) == 0.0
+  with pytest.raises(ValueError, match="reference"):
+    quality.checkerboard_score(images, np.full((2, H, W, 1), 0.3))
+
+
+@pytest.mark.parametrize("shape", [(1, 15, 16, 1), (1, 16, 15, 3), (16, 16, 1)])
+def test_checkerboard_share_rejects_odd_sizes_naming_the_shape(shape):
+  with pytest.raises(ValueError, match=re.escape(str(shape))):
+    quality.checkerboard_share(np.zeros(shape))
+
+
+def test_checkerboard_share_rejects_widths_reaching_dc():
+  with pytest.raises(ValueError, match="width"):
+    quality.checkerboard_share(np.zeros((1, 8, 8, 1)), width=3)
+  with pytest.raises(ValueError, match="width"):
+    quality.checkerboard_share(np.zeros((1, 8, 8, 1)), width=0)
+
+
+# ----------------------------------------------------------------------------
+# PSNR and SSIM.
+# ----------------------------------------------------------------------------
+
+
+def test_psnr_of_identical_images_is_inf():
+  images = np.random.default_rng(9).uniform(size=(2, H, W, 3))
+  assert quality.psnr(images, images) == np.inf
+
+
+@pytest.mark.parametrize("error", [0.01, 0.1, 0.3])
+def test_psnr_of_constant_error(error):
+  a = np.random.default_rng(10).uniform(0.0, 0.5, size=(3, H, W, 1))
+  assert quality.psnr(a, a + error) == pytest.approx(-10 * np.log10(error**2), rel=1e-4)
+
+
+def test_ssim_of_identical_images_is_one_and_of_noise_is_low():
+  rng = np.random.default_rng(11)
+  images = np.concatenate([smooth_image(), rng.uniform(size=(1, H, W, 1))])
+  assert quality.ssim(images, images) == pytest.approx(1.0, abs=1e-5)
+  assert quality.ssim(images, rng.uniform(size=images.shape)) < 0.5
+  with pytest.raises(ValueError, match="equal shape"):
+    quality.ssim(images, images[:1])
