@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by ``train``, ``evaluate`` and ``benchmark``: one-line errors, exit 2.
+"""Command-line plumbing shared by ``train``, ``evaluate``, ``visualize`` and ``benchmark``: one-line errors, exit 2.
 
 A user mistake (an unknown config key, a bad value, a dataset that is not
 there) is reported as ``error: ...`` on stderr, never as a traceback.
@@ -6,14 +6,16 @@ there) is reported as ``error: ...`` on stderr, never as a traceback.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
-from deconv_jax.config import ConfigError
+from deconv_jax.config import ConfigError, load_json
 from deconv_jax.data import DataError
 
 USER_ERRORS = (ConfigError, DataError)
@@ -74,3 +76,29 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], object],
       die(str(e))
 
   app.run(guarded, flags_parser=lambda argv: parse_flags(argv, config_flag))
+
+
+def _workdir_from_argv(argv: list[str]) -> str:
+  """The last ``--workdir`` value (as absl would take it), read before flags exist."""
+  workdir = None
+  for i, arg in enumerate(argv):
+    if m := re.fullmatch(r"--workdir=(.*)", arg):
+      workdir = m.group(1)
+    elif arg == "--workdir" and i + 1 < len(argv):
+      workdir = argv[i + 1]
+  if not workdir:
+    die("--workdir=DIR is required: the directory of a training run")
+  return workdir
+
+
+def define_workdir_flags(argv: list[str]) -> None:
+  """``--workdir`` (a training run) and ``--config``, the config saved there, so ``--config.KEY=VALUE`` overrides it.
+
+  The config is read before flags are parsed, from the ``--workdir`` in ``argv``.
+  """
+  workdir = _workdir_from_argv(argv)
+  saved = os.path.join(workdir, "config.json")
+  if not os.path.exists(saved):
+    die(f"--workdir={workdir} has no config.json: not a training run directory")
+  flags.DEFINE_string("workdir", None, "Run directory written by deconv_jax.train.")
+  config_flags.DEFINE_config_dict("config", load_json(saved), "Overrides of the run's saved config.")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,6 @@ from typing import Any
 import jax
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
 from deconv_jax import checkpoint, cli, data, parallel, tasks
 from deconv_jax import config as config_lib
@@ -55,20 +53,23 @@ def evaluate_state(
   return task.eval_metrics(totals)
 
 
-def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
-  """Restores the latest checkpoint of ``workdir`` and evaluates it with ``config`` (its dataset.eval_split)."""
+def restore_run(config: Any, workdir: str, command: str = "evaluate") -> tuple[Any, Any, int, data.DatasetInfo]:
+  """The task, latest train state (on host), its step and the training data's info of the run in ``workdir``.
+
+  ``config`` is the run's saved config with overrides of ``config.dataset.*`` only
+  (which data to look at); anything else would not describe the checkpoint.
+  """
   config_lib.validate(config)
   task = tasks.get(config.task)
   step = checkpoint.latest_step(workdir)
   if step is None:
     raise config_lib.ConfigError(f"--workdir={workdir} has no checkpoint: train first")
-  source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.eval_split)
   saved = config_lib.load_json(os.path.join(workdir, "config.json"))
   changed = [d for d in config_lib.differences(saved, config) if not d.startswith("dataset.")]
   if changed:
     raise config_lib.ConfigError(
-      f"evaluate takes overrides of config.dataset.* and eval_batch_size only; the run's config differs in {changed[0]}"
+      f"{command} takes overrides of config.dataset.* and eval_batch_size only; the run's config differs: {changed[0]}"
     )
   train_info = data.get_info(saved.dataset, saved.dataset.train_split)
   if info.image_shape != train_info.image_shape or info.num_classes != train_info.num_classes:
@@ -81,23 +82,17 @@ def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   state = checkpoint.restore(mngr, step, template)
   mngr.close()
+  return task, state, step, train_info
+
+
+def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
+  """Restores the latest checkpoint of ``workdir`` and evaluates it with ``config`` (its dataset.eval_split)."""
+  task, state, step, _ = restore_run(config, workdir)
+  source = data.get_source(config.dataset, config.dataset.eval_split)
   if jax.device_count() > 1:
     state = parallel.replicate(state)
   metrics = evaluate_state(task, compile_eval_step(task), state, source, config.eval_batch_size)
   return {**metrics, "step": step}
-
-
-def _workdir_from_argv(argv: list[str]) -> str:
-  """The last ``--workdir`` value (as absl would take it), read before flags exist."""
-  workdir = None
-  for i, arg in enumerate(argv):
-    if m := re.fullmatch(r"--workdir=(.*)", arg):
-      workdir = m.group(1)
-    elif arg == "--workdir" and i + 1 < len(argv):
-      workdir = argv[i + 1]
-  if not workdir:
-    cli.die("--workdir=DIR is required: the directory of a training run")
-  return workdir
 
 
 def main(argv: list[str]) -> None:
@@ -108,18 +103,9 @@ def main(argv: list[str]) -> None:
   print(json.dumps(metrics), flush=True)
 
 
-def _define_flags(argv: list[str]) -> None:
-  workdir = _workdir_from_argv(argv)
-  saved = os.path.join(workdir, "config.json")
-  if not os.path.exists(saved):
-    cli.die(f"--workdir={workdir} has no config.json: not a training run directory")
-  flags.DEFINE_string("workdir", None, "Run directory written by deconv_jax.train.")
-  config_flags.DEFINE_config_dict("config", config_lib.load_json(saved), "Overrides of the run's saved config.")
-
-
 def run() -> None:
   """Console entry point (``python -m deconv_jax.evaluate``, ``deconv-evaluate``)."""
-  cli.run(main, lambda: _define_flags(sys.argv))
+  cli.run(main, lambda: cli.define_workdir_flags(sys.argv))
 
 
 if __name__ == "__main__":

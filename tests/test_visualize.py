@@ -1,0 +1,109 @@
+"""``python -m deconv_jax.visualize``: receptive fields, the top-k search, and the figures of a trained run."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from deconv_jax import attribution, models, train, visualize
+from deconv_jax import config as config_lib
+
+
+def test_receptive_fields_of_the_default_cnn():
+  model = models.CNN()  # 3x3 VALID convs, 2x2 pools
+  assert [visualize.receptive_field(model, i) for i in (1, 2, 3)] == [(3, 1, 0), (8, 2, 0), (18, 4, 0)]
+  same = models.CNN(kernel_size=5, padding="SAME")
+  # act2 unit i sees pool1 units i-2..i+2, which see rows 2(i-2)-2 .. 2(i+2)+3: start 2i-6, size 14.
+  assert [visualize.receptive_field(same, i) for i in (1, 2)] == [(5, 1, -2), (14, 2, -6)]
+
+
+@settings(max_examples=8)
+@given(
+  kernel_size=st.sampled_from([3, 4, 5]),
+  padding=st.sampled_from(["VALID", "SAME"]),
+  pool=st.sampled_from([1, 2, 3]),
+  layer=st.sampled_from([1, 2]),
+  seed=st.integers(0, 99),
+)
+def test_a_projection_stays_inside_the_receptive_field(kernel_size, padding, pool, layer, seed):
+  # The box comes from shape arithmetic, the projection from the VJP: they must agree.
+  model = models.CNN(features=(4, 4), kernel_size=kernel_size, padding=padding, pool=pool, dense=(8,), num_classes=3)
+  x = jax.random.uniform(jax.random.key(seed), (2, 28, 28, 1))
+  variables = model.init(jax.random.key(seed + 1), x)
+  name = f"act{layer}"
+  acts = attribution.activations(model, variables, x)[name]
+  channels = np.asarray(acts.max(axis=(0, 1, 2)).argmax()).repeat(2)  # a live channel
+  projections, positions = visualize.projector(model, name)(variables, x, channels)
+  size, jump, start = visualize.receptive_field(model, layer)
+  for b in range(2):
+    top, left = (start + jump * int(p) for p in positions[b])
+    inside = np.zeros(x.shape[1:3], bool)
+    inside[max(top, 0) : top + size, max(left, 0) : left + size] = True
+    assert np.all(projections[b][~inside] == 0)
+    assert np.any(projections[b][inside] != 0)
+
+
+def test_projector_batches_equal_one_by_one():
+  model = models.CNN(features=(6, 8), dense=(8,), num_classes=3)
+  x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
+  variables = model.init(jax.random.key(1), x)
+  channels = np.array([0, 1, 2, 3], np.int32)
+  project = visualize.projector(model, "act2")
+  projections, _ = project(variables, x, channels)
+  for b in range(4):
+    target = attribution.strongest("act2", int(channels[b]))
+    one = attribution.attribute(model, variables, x[b : b + 1], target, "deconvnet", seed="values")
+    np.testing.assert_allclose(projections[b], one[0], rtol=1e-5, atol=1e-7)
+
+
+def test_choose_picks_channels_whose_top_k_all_fire():
+  maxima = np.array([[9.0, 0, 1, 5], [8, 0, 2, 5], [0, 0, 3, 5]])  # [N=3 images, C=4 channels]
+  channels, order = visualize.choose(maxima, top_k=2, num_channels=2, channels=())
+  assert channels == [0, 3]  # 2nd-best activations: 8, 0, 2, 5
+  np.testing.assert_array_equal(order, [[0, 1], [0, 1]])
+  channels, order = visualize.choose(maxima, top_k=3, num_channels=2, channels=())
+  assert channels == [2, 3]  # 3rd-best: 0, 0, 1, 5
+  np.testing.assert_array_equal(order[0], [2, 1, 0])
+  channels, order = visualize.choose(maxima, top_k=1, num_channels=4, channels=[1])
+  assert channels == [1] and order.shape == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  c = config_lib.base()
+  c.model.features = (8, 16)
+  c.model.dense = (32,)
+  c.num_train_steps = 30
+  c.eval_every_steps = 30
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def test_visualize_writes_the_figures(trained, cli):
+  result = cli("deconv_jax.visualize", f"--workdir={trained}", "--num_channels=3", "--top_k=4", check=True)
+  names = ["deconvnet_act1.png", "deconvnet_act2.png", "attribution_methods.png"]
+  assert [os.path.basename(p) for p in result.stdout.splitlines()[:-1]] == names
+  for name in names:
+    with Image.open(os.path.join(trained, name)) as image:
+      pixels = np.asarray(image.convert("RGB"))
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 10  # drawn, not blank
+  assert result.stdout.splitlines()[-1].startswith("wrote 3 figures in")
+
+
+def test_visualize_errors_are_one_line(trained, cli):
+  cases = [
+    (["--channels=99"], "error: --channels: channel 99 does not exist; the conv layers have (8, 16)"),
+    (["--channels=a"], "error: --channels=a: expected comma-separated channel numbers"),
+    (["--config.model.dense=(64,)"], "error: visualize takes overrides of config.dataset.* and eval_batch_size only"),
+    (["--top_k=0"], "error: flag --top_k=0: 0 is not a positive integer"),
+  ]
+  for args, message in cases:
+    result = cli("deconv_jax.visualize", f"--workdir={trained}", *args)
+    assert result.returncode == 2, (args, result.stderr)
+    assert result.stderr.strip().splitlines()[-1].startswith(message), (args, result.stderr)
+    assert "Traceback" not in result.stderr
