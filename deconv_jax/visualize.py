@@ -6,8 +6,8 @@ Loads the run's saved config and latest checkpoint and writes into ``DIR``:
   chosen channel, the ``top_k`` images of the eval split that excite it most (the unit
   at its strongest position boxed in red: its receptive field), their deconvnet
   projections of that one unit, and the input patches under the receptive field;
-* ``attribution_methods.png``: for ``num_images`` eval images spread evenly over the split, saliency, deconvnet and guided
-  backprop of the predicted class's logit side by side.
+* ``attribution_methods.png``: for ``num_images`` eval images spread evenly over the
+  split, saliency, deconvnet and guided backprop of the predicted class's logit side by side.
 
 Display normalization, the same in every figure: images as they are (``[0, 1]``);
 each projection or attribution map on its own symmetric scale, mid-gray = 0,
