@@ -153,3 +153,296 @@ def cnn_from_config(model_cfg: Any, num_classes: int) -> CNN:
     num_classes=num_classes,
     activation=ACTIVATIONS[model_cfg.activation],
   )
+
+
+# ----------------------------------------------------------------------------
+# Generators, discriminator, autoencoder.
+# ----------------------------------------------------------------------------
+
+OUTPUT_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+  "tanh": jnp.tanh,
+  "sigmoid": nn.sigmoid,
+  "none": lambda x: x,
+}
+UPSAMPLE_METHODS = ("transpose", "resize_conv", "subpixel")
+
+
+def _output_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in OUTPUT_ACTIVATIONS:
+    raise ValueError(f"output_activation must be one of {sorted(OUTPUT_ACTIVATIONS)}, got {name!r}")
+  return OUTPUT_ACTIVATIONS[name]
+
+
+def _check_labels(labels: jax.Array | None, num_classes: int, batch: int, module: str) -> None:
+  if num_classes > 0 and labels is None:
+    raise ValueError(f"{module} has num_classes={num_classes}: pass integer labels [N]")
+  if num_classes == 0 and labels is not None:
+    raise ValueError(f"{module} has num_classes=0 and takes no labels; set num_classes to condition it")
+  if labels is not None and labels.shape != (batch,):
+    raise ValueError(f"labels must have shape [N] = ({batch},), got {labels.shape}")
+
+
+class Generator(nn.Module):
+  """Latent vector or feature map -> images, by ``len(features)`` stride-2 up-sampling blocks.
+
+  Input ``z_or_features``: a latent ``[N, D]``, projected by Dense (``"project"``) to
+  ``[N, *base_shape, base_features]``, batch-normed and activated; or a feature map
+  ``[N, h, w, C]`` fed straight into the first block (``base_shape`` unused). Block ``i``
+  (``"up{i}"``, ``features[i - 1]`` channels) doubles H and W, then batch norm
+  (``"bn{i}"``, if ``batch_norm``) and ``activation``; a stride-1 layer ``"out"`` maps to
+  ``out_channels`` and ``output_activation`` follows. Output ``[N, h * 2**L, w * 2**L, out_channels]``,
+  ``L = len(features)``; ``output_hw``, when given, is checked against it.
+
+  ``upsample`` (Odena, Dumoulin & Olah, "Deconvolution and Checkerboard Artifacts", 2016):
+
+  * ``"transpose"``: `Deconv`, stride 2, ``kernel_size`` (4 overlaps evenly with stride 2,
+    3 and 5 do not: checkerboard); ``"out"`` is a stride-1 `Deconv`.
+  * ``"resize_conv"``: ``ops.resize`` by 2 (``resize_method``), then a stride-1 `Conv`.
+  * ``"subpixel"``: a stride-1 `Conv` to ``4 * features[i]`` channels, then ``ops.depth_to_space(., 2)``.
+
+  With ``num_classes > 0`` the integer labels ``[N]`` are one-hot encoded and concatenated to
+  ``z`` (to a feature map as constant channels). Concatenating a one-hot to the Dense input is
+  the same as adding a learned per-class embedding to the projection. Layers followed by batch
+  norm have no bias. ``bn_axis_name`` names the pmap/vmap axis over which batch statistics are averaged.
+
+  ``Generator(features=(32, 16), kernel_size=4, output_activation="sigmoid", batch_norm=False)``
+  on a ``[N, 7, 7, C]`` map is the Keras example's stack: Conv2DTranspose 32, 16 (4x4, stride 2)
+  and 1 (4x4, stride 1), all ``"same"``, ReLU, sigmoid output -> ``[N, 28, 28, 1]``.
+  """
+
+  features: Sequence[int] = (64, 32)
+  base_shape: Sequence[int] = (7, 7)
+  base_features: int = 128
+  output_hw: Sequence[int] | None = None
+  upsample: str = "transpose"
+  resize_method: str = "nearest"
+  kernel_size: ops.IntOrPair = 4
+  batch_norm: bool = True
+  bn_axis_name: str | None = None
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  output_activation: str = "tanh"
+  out_channels: int = 1
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, z_or_features: jax.Array, labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    """z ``[N, D]`` or features ``[N, h, w, C]`` (+ labels ``[N]``) -> images ``[N, H, W, out_channels]``."""
+    if self.upsample not in UPSAMPLE_METHODS:
+      raise ValueError(f"upsample must be one of {UPSAMPLE_METHODS}, got {self.upsample!r}")
+    out_act = _output_activation(self.output_activation)
+    x = z_or_features
+    if x.ndim not in (2, 4):
+      raise ValueError(f"z_or_features must be a latent [N, D] or a feature map [N, h, w, C], got shape {x.shape}")
+    _check_labels(labels, self.num_classes, x.shape[0], "Generator")
+    base_hw = ops.as_pair(self.base_shape, "base_shape") if x.ndim == 2 else x.shape[1:3]
+    scale = 2 ** len(self.features)
+    out_hw = (base_hw[0] * scale, base_hw[1] * scale)
+    if self.output_hw is not None and out_hw != ops.as_pair(self.output_hw, "output_hw"):
+      source = "base_shape" if x.ndim == 2 else "the input feature map's (h, w)"
+      raise ValueError(
+        f"Generator: {source} {tuple(base_hw)} doubled by {len(self.features)} blocks gives {out_hw}, not "
+        f"output_hw {tuple(self.output_hw)}; output_hw must be {source} * {scale}"
+      )
+    norm = lambda name: nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name, name=name)
+    if labels is not None:
+      onehot = jax.nn.one_hot(labels, self.num_classes, dtype=x.dtype)
+      if x.ndim == 4:
+        onehot = jnp.broadcast_to(onehot[:, None, None, :], (*x.shape[:3], self.num_classes))
+      x = jnp.concatenate([x, onehot], axis=-1)
+    if x.ndim == 2:
+      x = nn.Dense(base_hw[0] * base_hw[1] * self.base_features, use_bias=not self.batch_norm, name="project")(x)
+      x = x.reshape(x.shape[0], *base_hw, self.base_features)
+      x = self.activation(norm("bn0")(x) if self.batch_norm else x)
+    for i, width in enumerate(self.features, start=1):
+      bias = not self.batch_norm
+      if self.upsample == "transpose":
+        x = Deconv(width, self.kernel_size, strides=2, use_bias=bias, name=f"up{i}")(x)
+      elif self.upsample == "resize_conv":
+        x = Conv(width, self.kernel_size, use_bias=bias, name=f"up{i}")(ops.resize(x, 2, self.resize_method))
+      else:
+        x = ops.depth_to_space(Conv(4 * width, self.kernel_size, use_bias=bias, name=f"up{i}")(x), 2)
+      x = self.activation(norm(f"bn{i}")(x) if self.batch_norm else x)
+    last = Deconv if self.upsample == "transpose" else Conv
+    x = last(self.out_channels, self.kernel_size, strides=1, name="out")(x)
+    return out_act(x)
+
+
+class Discriminator(nn.Module):
+  """Images ``[N, H, W, C]`` (+ labels ``[N]``) -> one logit per image ``[N]``.
+
+  ``len(features)`` x [stride-2 `Conv` ``"conv{i}"``, LeakyReLU(``negative_slope``)], flatten to
+  ``h [N, F]``, Dense ``"head"`` to the logit. With ``num_classes > 0`` it is a *projection*
+  discriminator (Miyato & Koyama, 2018): ``logit = head(h) + <embed(y), h>`` with a learned
+  class embedding ``"embed"`` ``[num_classes, F]`` (F depends on the image size).
+  """
+
+  features: Sequence[int] = (64, 128)
+  kernel_size: ops.IntOrPair = 4
+  negative_slope: float = 0.2
+  num_classes: int = 0
+
+  @nn.compact
+  def __call__(self, images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    """images ``[N, H, W, C]``, labels ``[N]`` int (iff ``num_classes > 0``) -> logits ``[N]``."""
+    if images.ndim != 4:
+      raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
+    _check_labels(labels, self.num_classes, images.shape[0], "Discriminator")
+    x = images
+    for i, width in enumerate(self.features, start=1):
+      x = nn.leaky_relu(Conv(width, self.kernel_size, strides=2, name=f"conv{i}")(x), self.negative_slope)
+    h = x.reshape(x.shape[0], -1)  # [N, F]
+    logits = nn.Dense(1, name="head")(h)[:, 0]
+    if labels is not None:
+      logits = logits + jnp.sum(nn.Embed(self.num_classes, h.shape[-1], name="embed")(labels) * h, axis=-1)
+    return logits
+
+
+class Encoder(nn.Module):
+  """Images ``[N, H, W, C]`` -> code: ``len(features)`` x [`Conv` ``"conv{i}"`` (``strides``), activation].
+
+  The code is the last map ``[N, h, w, features[-1]]``, or with ``latent_dim > 0`` a linear Dense
+  bottleneck ``"bottleneck"`` of it: ``[N, latent_dim]``. ``linear=True`` drops every bias and
+  activation: the encoder's linear part, whose adjoint is the tied decoder's (`Autoencoder`).
+  """
+
+  features: Sequence[int] = (32, 64)
+  kernel_size: ops.IntOrPair = 4
+  strides: ops.IntOrPair = 2
+  padding: ops.Padding = "SAME"
+  latent_dim: int = 0
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+
+  def shapes(self, image_shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``[(H, W, C), (H1, W1, features[0]), ...]``: layer ``i``'s input is entry ``i - 1``, its output entry ``i``."""
+    h, w, c = image_shape
+    out = [(h, w, c)]
+    for width in self.features:
+      kernel_hw = ops.as_pair(self.kernel_size, "kernel_size")
+      h, w = ops.conv_output_shape((h, w), kernel_hw, strides=self.strides, padding=self.padding)
+      out.append((h, w, width))
+    return out
+
+  @nn.compact
+  def __call__(self, x_NHWC: jax.Array, *, linear: bool = False) -> jax.Array:
+    """x ``[N, H, W, C]`` -> ``[N, h, w, features[-1]]``, or ``[N, latent_dim]`` with a bottleneck."""
+    x = x_NHWC
+    for i, width in enumerate(self.features, start=1):
+      x = Conv(width, self.kernel_size, self.strides, self.padding, use_bias=not linear, name=f"conv{i}")(x)
+      x = x if linear else self.activation(x)
+    if self.latent_dim > 0:
+      x = nn.Dense(self.latent_dim, use_bias=not linear, name="bottleneck")(x.reshape(x.shape[0], -1))
+    return x
+
+
+class Decoder(nn.Module):
+  """The mirror image of an `Encoder`: code -> images ``[N, *image_shape]``, layers in reverse order.
+
+  ``encoder_shapes`` is ``Encoder.shapes(image_shape)``. Layer ``i`` (mirroring encoder layer ``i``)
+  maps ``encoder_shapes[i]`` back to ``encoder_shapes[i - 1]``; every layer but the last is followed
+  by ``activation``, the last by ``output_activation``. With a bottleneck the code ``[N, latent_dim]``
+  first goes through a Dense back to the encoder's last map (then ``activation``).
+
+  * free (``encoder_params=None``): layer ``i`` is a `Deconv` ``"deconv{i}"`` whose kernel has the
+    same shape as encoder conv ``i``'s; the Dense is ``"dense"``.
+  * tied (``encoder_params`` = the encoder's params): layer ``i`` is
+    ``ops.deconv2d(h, encoder conv{i} kernel, same strides/padding, input_shape=encoder layer i's input)``
+    plus its own bias ``"bias{i}"``; the Dense is ``h @ bottleneck_kernel.T + "dense_bias"``.
+
+  ``linear=True`` drops biases and activations. Tied, that linear part is the exact adjoint of
+  ``Encoder(..., linear=True)``: ``<encoder_linear(x), y> == <x, decoder_linear(y)>``.
+  """
+
+  encoder_shapes: Sequence[tuple[int, int, int]]
+  kernel_size: ops.IntOrPair = 4
+  strides: ops.IntOrPair = 2
+  padding: ops.Padding = "SAME"
+  latent_dim: int = 0
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  output_activation: str = "sigmoid"
+
+  @nn.compact
+  def __call__(self, code: jax.Array, encoder_params: Any = None, *, linear: bool = False) -> jax.Array:
+    """code ``[N, h, w, C]`` or ``[N, latent_dim]`` -> ``[N, H, W, C_image]``."""
+    out_act = _output_activation(self.output_activation)
+    shapes = [tuple(s) for s in self.encoder_shapes]
+    n_layers = len(shapes) - 1
+    tied = encoder_params is not None
+    h = code
+    if self.latent_dim > 0:
+      if code.shape[1:] != (self.latent_dim,):
+        raise ValueError(f"code must be [N, latent_dim] = [N, {self.latent_dim}], got shape {code.shape}")
+      flat = shapes[-1][0] * shapes[-1][1] * shapes[-1][2]
+      if tied:
+        h = h @ encoder_params["bottleneck"]["kernel"].T
+        h = h if linear else h + self.param("dense_bias", nn.initializers.zeros, (flat,))
+      else:
+        h = nn.Dense(flat, use_bias=not linear, name="dense")(h)
+      h = h.reshape(h.shape[0], *shapes[-1])
+      h = h if linear else self.activation(h)
+    elif code.shape[1:] != shapes[-1]:
+      raise ValueError(f"code must be [N, h, w, C] = [N, {', '.join(map(str, shapes[-1]))}], got shape {code.shape}")
+    for i in range(n_layers, 0, -1):
+      in_h, in_w, in_c = shapes[i - 1]
+      if tied:
+        kernel = encoder_params[f"conv{i}"]["kernel"]
+        h = ops.deconv2d(h, kernel, strides=self.strides, padding=self.padding, input_shape=(in_h, in_w))
+        h = h if linear else h + self.param(f"bias{i}", nn.initializers.zeros, (in_c,))
+      else:
+        layer = Deconv(in_c, self.kernel_size, self.strides, self.padding, use_bias=not linear, name=f"deconv{i}")
+        h = layer(h, output_shape=(in_h, in_w))
+      if not linear:
+        h = out_act(h) if i == 1 else self.activation(h)
+    return h
+
+
+class Autoencoder(nn.Module):
+  """`Encoder` + `Decoder` on images ``[N, *image_shape]``; ``tied=True`` makes the decoder the encoder's adjoint.
+
+  Tied, the decoder owns biases only: its layer ``i`` is ``deconv2d`` with encoder conv ``i``'s kernel
+  (and the transposed bottleneck kernel), so the decoder's linear part is exactly the adjoint of the
+  encoder's. ``encode`` / ``decode`` take ``linear=True`` to drop biases and activations; e.g.
+  ``model.apply(variables, code, method=Autoencoder.decode, linear=True)``.
+  Params: ``{"encoder": {"conv1", ..., "bottleneck"}, "decoder": {...}}`` (see `Decoder`).
+  """
+
+  image_shape: Sequence[int] = (28, 28, 1)
+  features: Sequence[int] = (32, 64)
+  kernel_size: ops.IntOrPair = 4
+  strides: ops.IntOrPair = 2
+  padding: ops.Padding = "SAME"
+  latent_dim: int = 0
+  tied: bool = False
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+  output_activation: str = "sigmoid"
+
+  def setup(self):
+    if len(self.image_shape) != 3:
+      raise ValueError(f"image_shape must be (H, W, C), got {self.image_shape!r}")
+    self.encoder = Encoder(
+      self.features, self.kernel_size, self.strides, self.padding, self.latent_dim, self.activation
+    )
+    self.decoder = Decoder(
+      tuple(self.encoder.shapes(self.image_shape)),
+      self.kernel_size,
+      self.strides,
+      self.padding,
+      self.latent_dim,
+      self.activation,
+      self.output_activation,
+    )
+
+  def encode(self, images: jax.Array, *, linear: bool = False) -> jax.Array:
+    """images ``[N, *image_shape]`` -> code ``[N, h, w, features[-1]]`` or ``[N, latent_dim]``."""
+    if images.shape[1:] != tuple(self.image_shape):
+      raise ValueError(
+        f"images must be [N, *image_shape] = [N, {', '.join(map(str, self.image_shape))}], got {images.shape}"
+      )
+    return self.encoder(images, linear=linear)
+
+  def decode(self, code: jax.Array, *, linear: bool = False) -> jax.Array:
+    """code -> reconstructions ``[N, *image_shape]``."""
+    return self.decoder(code, self.encoder.variables["params"] if self.tied else None, linear=linear)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    """images ``[N, *image_shape]`` -> reconstructions, same shape."""
+    return self.decode(self.encode(images))
