@@ -15,12 +15,15 @@ from typing import Any
 
 import ml_collections
 
-TASKS = ("classifier",)
+TASKS = ("classifier", "gan", "autoencoder", "inversion")
 SOURCES = ("embedded", "idx", "tfds")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PADDINGS = ("SAME", "VALID")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
+UPSAMPLES = ("transpose", "resize_conv", "subpixel")
+RESIZE_METHODS = ("nearest", "bilinear")
+OUTPUT_ACTIVATIONS = ("tanh", "sigmoid", "none")
 
 # Keys that may differ between a run and its resume without invalidating the
 # checkpoint (they change how long or how loudly it runs, not what it trains).
@@ -34,6 +37,12 @@ RESUMABLE_KEYS = (
   "dataset.eval_split",
   "dataset.data_dir",
   "eval_batch_size",
+  "sample_every_steps",
+  "measure.classifier_workdir",
+  "measure.num_samples",
+  "measure.real_source",
+  "measure.real_data_dir",
+  "measure.real_split",
 )
 
 
@@ -69,12 +78,54 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.momentum = 0.9  # for 'momentum'
   c.optimizer.weight_decay = 0.0  # for 'adamw'
+  c.optimizer.b1 = 0.9  # Adam's first-moment decay (DCGAN uses 0.5)
 
   # Affine augmentation inside the train step; all zero = none.
   c.augment = ml_collections.ConfigDict()
   c.augment.max_shift = 0.0  # pixels
   c.augment.max_rotation = 0.0  # degrees
   c.augment.max_scale = 0.0  # relative
+
+  # Generators (tasks gan, autoencoder, inversion): models.Generator's fields.
+  c.generator = ml_collections.ConfigDict()
+  c.generator.latent_dim = 64  # gan: size of z
+  c.generator.base_size = 7  # a latent is projected to base_size x base_size x base_features
+  c.generator.base_features = 128
+  c.generator.features = (64, 32)  # one stride-2 up-sampling block each
+  c.generator.upsample = "transpose"  # 'transpose' | 'resize_conv' | 'subpixel'
+  c.generator.kernel_size = 4  # 4 overlaps evenly with stride 2; 3 and 5 do not
+  c.generator.resize_method = "nearest"  # for 'resize_conv': 'nearest' | 'bilinear'
+  c.generator.batch_norm = True
+  c.generator.output_activation = "tanh"  # 'tanh' (images scaled to [-1, 1]) | 'sigmoid' | 'none'
+  c.generator.conditional = False  # gan: condition G and D on the class label
+
+  c.discriminator = ml_collections.ConfigDict()
+  c.discriminator.features = (64, 128)
+  c.discriminator.kernel_size = 4
+  c.discriminator.learning_rate = 0.0  # 0 = optimizer.learning_rate
+
+  # autoencoder: models.Autoencoder; the decoder is the encoder's adjoint when tied.
+  c.autoencoder = ml_collections.ConfigDict()
+  c.autoencoder.features = (32, 64)
+  c.autoencoder.kernel_size = 4
+  c.autoencoder.tied = True
+  c.autoencoder.latent_dim = 0  # > 0: a Dense bottleneck of this size
+
+  # inversion: a generator trained to invert a frozen classifier's features at one layer.
+  c.inversion = ml_collections.ConfigDict()
+  c.inversion.classifier_workdir = ""  # a classifier run (train with configs/quickstart.py)
+  c.inversion.layer = "pool2"  # a name from models.intermediates: act{i}, pool{i}, hidden{j}, logits
+
+  # Measurements of generated images (evaluate): FID and classifier score on a classifier run's features.
+  c.measure = ml_collections.ConfigDict()
+  c.measure.classifier_workdir = ""  # '' = no FID / classifier score
+  c.measure.num_samples = 2000  # generated images per measurement (FID is biased by this count)
+  # The real images FID and the checkerboard score compare against; source '' = the run's dataset.eval_split.
+  c.measure.real_source = ""  # '' | 'embedded' | 'idx' | 'tfds'
+  c.measure.real_data_dir = ""  # e.g. ../shared/data/mnist with real_source='idx'
+  c.measure.real_split = "test"
+
+  c.sample_every_steps = 1000  # write a grid of samples (generator tasks)
 
   c.batch_size = 32  # global, across all devices and hosts
   c.eval_batch_size = 500  # rounded up to a multiple of the device count
@@ -163,6 +214,46 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     _require(v[key] >= 1, key, v[key], ">= 1")
   _require(v["keep_checkpoints"] >= 1, "keep_checkpoints", v["keep_checkpoints"], ">= 1")
+  _require(0 <= v["optimizer.b1"] < 1, "optimizer.b1", v["optimizer.b1"], "in [0, 1)")
+  _require(v["generator.upsample"] in UPSAMPLES, "generator.upsample", v["generator.upsample"], f"one of {UPSAMPLES}")
+  _require(
+    v["generator.resize_method"] in RESIZE_METHODS,
+    "generator.resize_method",
+    v["generator.resize_method"],
+    f"one of {RESIZE_METHODS}",
+  )
+  _require(
+    v["generator.output_activation"] in OUTPUT_ACTIVATIONS,
+    "generator.output_activation",
+    v["generator.output_activation"],
+    f"one of {OUTPUT_ACTIVATIONS}",
+  )
+  for key in ("generator.features", "discriminator.features", "autoencoder.features"):
+    ok = len(v[key]) > 0 and all(isinstance(w, int) and w > 0 for w in v[key])
+    _require(ok, key, v[key], "a non-empty tuple of positive ints")
+  for key in (
+    "generator.latent_dim",
+    "generator.base_size",
+    "generator.base_features",
+    "generator.kernel_size",
+    "discriminator.kernel_size",
+    "autoencoder.kernel_size",
+    "measure.num_samples",
+    "sample_every_steps",
+  ):
+    _require(v[key] >= 1, key, v[key], ">= 1")
+  _require(v["autoencoder.latent_dim"] >= 0, "autoencoder.latent_dim", v["autoencoder.latent_dim"], ">= 0")
+  d_lr = v["discriminator.learning_rate"]
+  _require(d_lr >= 0 and math.isfinite(d_lr), "discriminator.learning_rate", d_lr, ">= 0 (0 = optimizer's)")
+  real = v["measure.real_source"]
+  _require(real == "" or real in SOURCES, "measure.real_source", real, f"'' (the eval split) or one of {SOURCES}")
+  if v["task"] == "inversion":
+    _require(
+      bool(v["inversion.classifier_workdir"]),
+      "inversion.classifier_workdir",
+      v["inversion.classifier_workdir"],
+      "the workdir of a trained classifier run",
+    )
   _require(
     v["num_train_steps"] > 0 or v["num_epochs"] > 0,
     "num_epochs",
@@ -195,9 +286,24 @@ def save_json(cfg: ml_collections.ConfigDict, path: str) -> None:
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
-  """Reads a config written by `save_json` (JSON lists come back as tuples)."""
+  """Reads a config written by `save_json` (JSON lists come back as tuples).
+
+  Keys added to `base` after the config was saved take their defaults, which keep
+  the behaviour the run had; keys `base` does not know are kept, for `validate` to name.
+  """
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    saved = _tuples(json.load(f))
+  merged = base().to_dict()
+
+  def fill(into: dict, values: dict) -> None:
+    for key, value in values.items():
+      if isinstance(value, dict) and isinstance(into.get(key), dict):
+        fill(into[key], value)
+      else:
+        into[key] = value
+
+  fill(merged, saved)
+  return ml_collections.ConfigDict(merged)
 
 
 def differences(saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:

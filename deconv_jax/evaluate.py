@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from deconv_jax import checkpoint, cli, data, parallel, tasks
+from deconv_jax import checkpoint, cli, data, measure, parallel, tasks
 from deconv_jax import config as config_lib
 
 
@@ -69,7 +69,8 @@ def restore_run(config: Any, workdir: str, command: str = "evaluate") -> tuple[A
   changed = [d for d in config_lib.differences(saved, config) if not d.startswith("dataset.")]
   if changed:
     raise config_lib.ConfigError(
-      f"{command} takes overrides of config.dataset.* and eval_batch_size only; the run's config differs: {changed[0]}"
+      f"{command} takes overrides of config.dataset.*, measure.* and eval_batch_size only; the run's config differs: "
+      f"{changed[0]}"
     )
   train_info = data.get_info(saved.dataset, saved.dataset.train_split)
   if info.image_shape != train_info.image_shape or info.num_classes != train_info.num_classes:
@@ -92,7 +93,22 @@ def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
   if jax.device_count() > 1:
     state = parallel.replicate(state)
   metrics = evaluate_state(task, compile_eval_step(task), state, source, config.eval_batch_size)
+  if hasattr(task, "generate_many") and config.measure.classifier_workdir:
+    host_state = parallel.unreplicate(state) if jax.device_count() > 1 else state
+    metrics.update(generator_quality(task, host_state, config))
   return {**metrics, "step": step}
+
+
+def generator_quality(task: Any, state: Any, config: Any) -> dict[str, float]:
+  """FID, classifier score and checkerboard score of ``config.measure.num_samples`` generated images.
+
+  Measured against every image of ``config.measure.real_*`` (default: the eval split) with the
+  classifier run in ``config.measure.classifier_workdir``.
+  """
+  featurizer = measure.Featurizer(config.measure.classifier_workdir)
+  real = measure.real_images(config)
+  generated = task.generate_many(state, config.measure.num_samples)
+  return measure.generated_quality(generated, real, featurizer)
 
 
 def main(argv: list[str]) -> None:

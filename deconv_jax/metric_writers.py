@@ -1,4 +1,5 @@
-"""Scalar metrics to ``WORKDIR/metrics.jsonl`` (one JSON object a line) and TensorBoard event files.
+"""Scalar metrics to ``WORKDIR/metrics.jsonl`` (one JSON object a line) and TensorBoard event files;
+image grids to ``WORKDIR/samples/`` as PNG and to TensorBoard.
 
 TensorBoard files are written with tensorboardX, which needs no TensorFlow.
 Only process 0 writes.
@@ -10,6 +11,29 @@ import json
 import os
 
 import jax
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images_NHWC: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarray:
+  """Images ``[N, H, W, C]`` in ``[0, 1]`` -> one uint8 grid ``[rows * (H + gap) - gap, ..., 3]`` on white."""
+  images = np.clip(np.asarray(images_NHWC, np.float32), 0, 1)
+  if images.shape[-1] == 1:
+    images = np.repeat(images, 3, axis=-1)
+  n, h, w, _ = images.shape
+  cols = min(cols, n)
+  rows = -(-n // cols)
+  grid = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
+  for i, image in enumerate(images):
+    r, c = divmod(i, cols)
+    grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image[..., :3]
+  return (grid * 255).round().astype(np.uint8)
+
+
+def save_grid(images_NHWC: np.ndarray, path: str, cols: int = 8, zoom: int = 2) -> None:
+  """`image_grid` written as a PNG, each pixel ``zoom`` x ``zoom``."""
+  grid = image_grid(images_NHWC, cols)
+  Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
 
 
 class MetricWriter:
@@ -20,6 +44,8 @@ class MetricWriter:
     if not self._active:
       return
     from tensorboardX import SummaryWriter
+
+    self._workdir = workdir
 
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - open until close()
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -32,6 +58,18 @@ class MetricWriter:
     for name, value in metrics.items():
       self._tb.add_scalar(f"{split}/{name}", value, step)
     self._tb.flush()
+
+  def write_images(self, step: int, name: str, images_NHWC: np.ndarray) -> str | None:
+    """A grid of ``images`` (``[0, 1]``) to ``samples/{name}_{step:06d}.png`` and TensorBoard; returns the path."""
+    if not self._active:
+      return None
+    directory = os.path.join(self._workdir, "samples")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{name}_{step:06d}.png")
+    save_grid(images_NHWC, path)
+    self._tb.add_image(name, image_grid(images_NHWC), step, dataformats="HWC")
+    self._tb.flush()
+    return path
 
   def close(self) -> None:
     if self._active:

@@ -109,6 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     p_train_step = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
   p_eval_step = evaluate.compile_eval_step(task)
+  samples_fn = jax.jit(task.samples) if hasattr(task, "samples") else None  # generator tasks: a grid of samples
   host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
 
   def run_eval(step: int) -> dict[str, float]:
@@ -143,10 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
       train_metrics = {k: float(np.mean([np.asarray(m[k]).mean() for m in pending])) for k in pending[0]}
       pending.clear()
-      if not np.isfinite(train_metrics["loss"]):
+      if bad := [k for k, v in train_metrics.items() if not np.isfinite(v)]:
         mngr.wait_until_finished()
         raise FloatingPointError(
-          f"loss is {train_metrics['loss']} at step {step}: stopped; the last good checkpoint in {workdir} is kept"
+          f"{bad[0]} is {train_metrics[bad[0]]} at step {step}: stopped; the last good checkpoint in {workdir} is kept"
         )
       now = time.time()
       steps_per_sec = (step - steps_at_last) / max(now - t_last, 1e-9)
@@ -157,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _log(f"step {step}/{total_steps} | train {_fmt(train_metrics)} | ETA {_format_seconds(eta)}")
     if step % config.eval_every_steps == 0 or last:
       eval_metrics = run_eval(step)
+    if samples_fn is not None and (step % config.sample_every_steps == 0 or last):
+      writer.write_images(step, "samples", jax.device_get(samples_fn(host_state())))
     if step % config.checkpoint_every_steps == 0 or last:
       save(step)
 

@@ -7,6 +7,7 @@ A task module provides::
   eval_step(state, batch, *, axis_name=None) -> sums       # per-batch sums, masked
   eval_metrics(sums) -> dict[str, float]                  # sums over a split -> metrics
   metric_names: tuple[str, ...]                           # the train metrics it reports
+  samples(state) -> images [N, H, W, C] in [0, 1]          # optional: a grid written every sample_every_steps
 
 `train` compiles ``train_step`` once with ``jax.jit`` (one device, ``axis_name=None``)
 or ``jax.pmap`` (several, ``axis_name="batch"``).
@@ -21,9 +22,9 @@ import jax
 import ml_collections
 
 from deconv_jax.config import ConfigError
-from deconv_jax.tasks import classifier
+from deconv_jax.tasks import classifier, gan
 
-_TASKS: dict[str, ModuleType] = {"classifier": classifier}
+_TASKS: dict[str, ModuleType] = {"classifier": classifier, "gan": gan}
 
 
 def get(name: str) -> ModuleType:
@@ -38,4 +39,5 @@ def check_model_fits(task: ModuleType, config: ml_collections.ConfigDict, info: 
   try:
     jax.eval_shape(lambda r: task.create_state(config, r, info, 1), jax.random.key(0))
   except ValueError as e:
-    raise ConfigError(f"config.model cannot take images of shape {info.image_shape}: {e}") from None
+    section = getattr(task, "model_section", "model")
+    raise ConfigError(f"config.{section} cannot take images of shape {info.image_shape}: {e}") from None

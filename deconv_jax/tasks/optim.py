@@ -23,9 +23,9 @@ def make(opt_cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gradient
   """The optimizer named by ``opt_cfg.name`` with the schedule from `learning_rate`."""
   schedule = learning_rate(opt_cfg, total_steps)
   if opt_cfg.name == "adam":
-    return optax.adam(schedule)
+    return optax.adam(schedule, b1=opt_cfg.b1)
   if opt_cfg.name == "adamw":
-    return optax.adamw(schedule, weight_decay=opt_cfg.weight_decay)
+    return optax.adamw(schedule, b1=opt_cfg.b1, weight_decay=opt_cfg.weight_decay)
   if opt_cfg.name == "sgd":
     return optax.sgd(schedule)
   if opt_cfg.name == "momentum":

@@ -1,0 +1,250 @@
+"""DCGAN (Radford et al. 2015): a transposed-conv `Generator` against a strided-conv `Discriminator`.
+
+Non-saturating loss, two optax optimizers, alternating updates (D, then G against the
+updated D), optional class conditioning. Images are scaled to the generator's output
+range (``[-1, 1]`` for tanh) for training; `samples` and `generate` return ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import struct
+from jax import lax
+
+from deconv_jax import models
+from deconv_jax.tasks import optim
+
+metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
+model_section = "generator"  # the config section named when the model cannot take the data's images
+NUM_SAMPLES = 64  # the fixed latent batch of the sample grids
+SAMPLE_SEED = 1234
+
+
+class GANState(struct.PyTreeNode):
+  """step; params and opt_state as ``{"generator": ..., "discriminator": ...}``; the generator's BN statistics.
+
+  The modules, optimizers and latent size are static fields, as ``apply_fn`` is in flax's ``TrainState``.
+  """
+
+  step: jax.Array
+  params: dict[str, Any]
+  batch_stats: dict[str, Any]
+  opt_state: dict[str, Any]
+  generator: models.Generator = struct.field(pytree_node=False)
+  discriminator: models.Discriminator = struct.field(pytree_node=False)
+  tx_g: optax.GradientTransformation = struct.field(pytree_node=False)
+  tx_d: optax.GradientTransformation = struct.field(pytree_node=False)
+  latent_dim: int = struct.field(pytree_node=False)
+
+
+def to_model_range(images: jax.Array, output_activation: str) -> jax.Array:
+  """``[0, 1]`` data -> the generator's output range (``[-1, 1]`` for tanh)."""
+  return images * 2 - 1 if output_activation == "tanh" else images
+
+
+def to_unit_range(images: jax.Array, output_activation: str) -> jax.Array:
+  """The generator's output range -> ``[0, 1]``, clipped."""
+  images = (images + 1) / 2 if output_activation == "tanh" else images
+  return jnp.clip(images, 0.0, 1.0)
+
+
+def build_generator(config: ml_collections.ConfigDict, info: Any, axis_name: str | None = None) -> models.Generator:
+  g = config.generator
+  return models.Generator(
+    features=tuple(g.features),
+    base_shape=(g.base_size, g.base_size),
+    base_features=g.base_features,
+    output_hw=tuple(info.image_shape[:2]),
+    upsample=g.upsample,
+    resize_method=g.resize_method,
+    kernel_size=g.kernel_size,
+    batch_norm=g.batch_norm,
+    bn_axis_name=axis_name,
+    output_activation=g.output_activation,
+    out_channels=info.image_shape[2],
+    num_classes=info.num_classes if g.conditional else 0,
+  )
+
+
+def build_discriminator(config: ml_collections.ConfigDict, info: Any) -> models.Discriminator:
+  d = config.discriminator
+  return models.Discriminator(
+    features=tuple(d.features),
+    kernel_size=d.kernel_size,
+    num_classes=info.num_classes if config.generator.conditional else 0,
+  )
+
+
+def _optimizers(config: ml_collections.ConfigDict, total_steps: int):
+  tx_g = optim.make(config.optimizer, total_steps)
+  d_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+  d_cfg.learning_rate = config.discriminator.learning_rate or config.optimizer.learning_rate
+  return tx_g, optim.make(d_cfg, total_steps)
+
+
+def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, total_steps: int) -> GANState:
+  """Initial state for images of ``info.image_shape``."""
+  g_rng, d_rng = jax.random.split(rng)
+  generator, discriminator = build_generator(config, info), build_discriminator(config, info)
+  labels = jnp.zeros((1,), jnp.int32) if config.generator.conditional else None
+  g_vars = generator.init(g_rng, jnp.zeros((1, config.generator.latent_dim)), labels)
+  d_vars = discriminator.init(d_rng, jnp.zeros((1, *info.image_shape)), labels)
+  params = {"generator": g_vars["params"], "discriminator": d_vars["params"]}
+  tx_g, tx_d = _optimizers(config, total_steps)
+  opt_state = {"generator": tx_g.init(params["generator"]), "discriminator": tx_d.init(params["discriminator"])}
+  return GANState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=g_vars.get("batch_stats", {}),
+    opt_state=opt_state,
+    generator=generator,
+    discriminator=discriminator,
+    tx_g=tx_g,
+    tx_d=tx_d,
+    latent_dim=config.generator.latent_dim,
+  )
+
+
+def _latents(rng: jax.Array, offset: jax.Array | int, n: int, dim: int) -> jax.Array:
+  """``[n, dim]`` normal latents, example ``i`` keyed by its global index ``offset + i`` (any device split agrees)."""
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (dim,)))(offset + jnp.arange(n))
+
+
+def _pmean(x: Any, axis_name: str | None) -> Any:
+  return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def train_step(
+  state: GANState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  config: ml_collections.ConfigDict,
+  axis_name: str | None = None,
+) -> tuple[GANState, dict[str, jax.Array]]:
+  """One discriminator step, then one generator step against the updated discriminator.
+
+  Latents are keyed per example by global index and batch statistics are averaged over
+  ``axis_name``, so a step on 8 devices equals the step on one.
+  """
+  generator, discriminator = state.generator.clone(bn_axis_name=axis_name), state.discriminator
+  real_BHWC = to_model_range(batch["image"], generator.output_activation)
+  n = real_BHWC.shape[0]
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * n
+  z_BD = _latents(rng, offset, n, state.latent_dim)
+  labels_B = batch["label"] if generator.num_classes else None
+
+  def generate(g_params, batch_stats):
+    variables = {"params": g_params, "batch_stats": batch_stats} if batch_stats else {"params": g_params}
+    fake, updates = generator.apply(variables, z_BD, labels_B, train=True, mutable=["batch_stats"])
+    return fake, updates.get("batch_stats", {})
+
+  # ---- discriminator: real -> 1, fake -> 0.
+  fake_BHWC, _ = generate(state.params["generator"], state.batch_stats)
+  fake_BHWC = lax.stop_gradient(fake_BHWC)
+
+  def d_loss_fn(d_params):
+    real_logits = discriminator.apply({"params": d_params}, real_BHWC, labels_B)
+    fake_logits = discriminator.apply({"params": d_params}, fake_BHWC, labels_B)
+    loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+    return loss, (jnp.mean(jax.nn.sigmoid(real_logits)), jnp.mean(jax.nn.sigmoid(fake_logits)))
+
+  (d_loss, (d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.params["discriminator"])
+  d_grads = _pmean(d_grads, axis_name)
+  d_updates, d_opt = state.tx_d.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
+  d_params = optax.apply_updates(state.params["discriminator"], d_updates)
+
+  # ---- generator: non-saturating, maximize log D(G(z)).
+  def g_loss_fn(g_params):
+    fake, batch_stats = generate(g_params, state.batch_stats)
+    return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake, labels_B))), batch_stats
+
+  (g_loss, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.params["generator"])
+  g_grads = _pmean(g_grads, axis_name)
+  g_updates, g_opt = state.tx_g.update(g_grads, state.opt_state["generator"], state.params["generator"])
+  g_params = optax.apply_updates(state.params["generator"], g_updates)
+
+  new_state = state.replace(
+    step=state.step + 1,
+    params={"generator": g_params, "discriminator": d_params},
+    batch_stats=batch_stats,
+    opt_state={"generator": g_opt, "discriminator": d_opt},
+  )
+  metrics = {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
+  return new_state, _pmean(metrics, axis_name)
+
+
+def generate(state: GANState, z_ND: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
+  """Images ``[N, H, W, C]`` in ``[0, 1]`` from latents, in inference mode.
+
+  A conditional GAN without ``labels_N`` draws the classes ``0, 1, ..., K-1, 0, ...`` in turn.
+  """
+  generator = state.generator
+  variables = {"params": state.params["generator"]}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  if generator.num_classes and labels_N is None:
+    labels_N = jnp.arange(z_ND.shape[0]) % generator.num_classes
+  images = generator.apply(variables, z_ND, labels_N if generator.num_classes else None)
+  return to_unit_range(images, generator.output_activation)
+
+
+MEASURE_SEED = 4321  # the latents of measured samples; never those of the sample grid
+
+
+def generate_many(state: GANState, n: int, seed: int = MEASURE_SEED, batch_size: int = 500) -> np.ndarray:
+  """``n`` images ``[n, H, W, C]`` in ``[0, 1]`` from latents drawn with ``seed``, generated in batches."""
+  z_ND = sample_latents(state, n, seed)
+  labels_N = jnp.arange(n) % state.generator.num_classes if state.generator.num_classes else None
+  fn = jax.jit(generate)
+  chunks = []
+  for start in range(0, n, batch_size):
+    labels = None if labels_N is None else labels_N[start : start + batch_size]
+    chunks.append(np.asarray(fn(state, z_ND[start : start + batch_size], labels)))
+  return np.concatenate(chunks)
+
+
+def sample_latents(state: GANState, n: int, seed: int = SAMPLE_SEED) -> jax.Array:
+  """``[n, latent_dim]`` standard normal latents from ``seed``."""
+  return jax.random.normal(jax.random.key(seed), (n, state.latent_dim))
+
+
+def samples(state: GANState) -> jax.Array:
+  """The sample grid ``[64, H, W, C]`` in ``[0, 1]``: the same latents at every step (and classes in turn)."""
+  return generate(state, sample_latents(state, NUM_SAMPLES))
+
+
+def eval_step(state: GANState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
+  """The discriminator on the batch's real images and on as many fakes (fixed latents): masked sums."""
+  real_BHWC = to_model_range(batch["image"], state.generator.output_activation)
+  n = real_BHWC.shape[0]
+  mask_B = batch["mask"]
+  labels_B = batch["label"] if state.generator.num_classes else None
+  fake_BHWC = to_model_range(generate(state, sample_latents(state, n), labels_B), state.generator.output_activation)
+  real_logits = state.discriminator.apply({"params": state.params["discriminator"]}, real_BHWC, labels_B)
+  fake_logits = state.discriminator.apply({"params": state.params["discriminator"]}, fake_BHWC, labels_B)
+  losses_B = jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+  sums = {
+    "d_loss": jnp.sum(losses_B * mask_B),
+    "real_correct": jnp.sum((real_logits > 0) * mask_B),
+    "fake_correct": jnp.sum((fake_logits < 0) * mask_B),
+    "count": jnp.sum(mask_B),
+  }
+  return sums if axis_name is None else lax.psum(sums, axis_name)
+
+
+def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
+  """The discriminator on held-out real images and on as many fresh fakes: loss and accuracies."""
+  count = max(float(sums["count"]), 1.0)
+  return {
+    "d_loss": float(sums["d_loss"]) / count,
+    "d_real_accuracy": float(sums["real_correct"]) / count,
+    "d_fake_accuracy": float(sums["fake_correct"]) / count,
+    "num_examples": round(float(sums["count"])),
+  }
