@@ -1,5 +1,6 @@
 """The GAN task: steps that change both networks, device-split invariance, samples, and measurements end to end."""
 
+import importlib.util
 import json
 import os
 
@@ -7,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO
 
 from deconv_jax import config as config_lib
 from deconv_jax import data, evaluate, sweep, train
@@ -176,3 +179,18 @@ def test_gan_config_errors_are_one_line(cli, tmp_path):
     result = cli("deconv_jax.train", f"--workdir={tmp_path}/x", *GAN_ARGS, *args)
     assert result.returncode == 2, (args, result.stderr)
     assert result.stderr.strip().splitlines()[-1].startswith(message), (args, result.stderr)
+
+
+def test_tfds_gan_config_trains_under_mock_data(tmp_path):
+  spec = importlib.util.spec_from_file_location("gan_tfds", os.path.join(REPO, "configs", "gan_tfds.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  assert (c.dataset.source, c.dataset.name, c.task) == ("tfds", "mnist", "gan")
+  small = tiny_gan()
+  c.generator, c.discriminator = small.generator, small.discriminator
+  c.num_train_steps, c.batch_size, c.eval_batch_size, c.sample_every_steps = 2, 8, 8, 2
+  with tfds.testing.mock_data(num_examples=16):
+    metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert metrics["num_examples"] == 16 and np.isfinite(metrics["d_loss"])
+  assert os.listdir(tmp_path / "samples") == ["samples_000002.png"]

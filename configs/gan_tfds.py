@@ -1,0 +1,28 @@
+r"""DCGAN on the full TFDS MNIST (60,000 digits): `configs/gan.py`'s networks and recipe, 10 epochs.
+
+Needs TFDS `mnist` prepared in array_record format (`tfds build mnist --file_format=array_record`
+on a machine with internet; then pass its directory as --config.dataset.data_dir if not the default).
+
+  python -m deconv_jax.train --config configs/gan_tfds.py --workdir workdirs/gan_tfds
+"""
+
+import importlib.util
+import os
+
+
+def get_config():
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gan.py")
+  spec = importlib.util.spec_from_file_location("gan_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.dataset.source = "tfds"
+  c.dataset.name = "mnist"
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "test"
+  c.num_train_steps = -1
+  c.num_epochs = 10.0
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 5000
+  c.sample_every_steps = 2000
+  return c
