@@ -22,9 +22,14 @@ import jax
 import ml_collections
 
 from deconv_jax.config import ConfigError
-from deconv_jax.tasks import classifier, gan
+from deconv_jax.tasks import autoencoder, classifier, gan, inversion
 
-_TASKS: dict[str, ModuleType] = {"classifier": classifier, "gan": gan}
+_TASKS: dict[str, ModuleType] = {
+  "classifier": classifier,
+  "gan": gan,
+  "autoencoder": autoencoder,
+  "inversion": inversion,
+}
 
 
 def get(name: str) -> ModuleType:
@@ -38,6 +43,8 @@ def check_model_fits(task: ModuleType, config: ml_collections.ConfigDict, info: 
   """Builds the task's state in shapes only (no compute); ConfigError if the model cannot take ``info.image_shape``."""
   try:
     jax.eval_shape(lambda r: task.create_state(config, r, info, 1), jax.random.key(0))
+  except ConfigError:  # already names its key
+    raise
   except ValueError as e:
     section = getattr(task, "model_section", "model")
     raise ConfigError(f"config.{section} cannot take images of shape {info.image_shape}: {e}") from None

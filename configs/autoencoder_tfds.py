@@ -1,0 +1,29 @@
+r"""`configs/autoencoder.py` (tied convolutional autoencoder) on the full TFDS MNIST: 60k train, eval on the 10k test.
+
+Needs TFDS `mnist` prepared in array_record format (`tfds build mnist --file_format=array_record`
+on a machine with internet; then pass its directory as --config.dataset.data_dir if not the default).
+
+  python -m deconv_jax.train --config configs/autoencoder_tfds.py --workdir workdirs/autoencoder_tfds
+"""
+
+from deconv_jax import config as config_lib
+
+
+def get_config():
+  c = config_lib.base()
+  c.task = "autoencoder"
+  c.dataset.source = "tfds"
+  c.dataset.name = "mnist"
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "test"
+  c.autoencoder.features = (32, 64)
+  c.autoencoder.kernel_size = 4
+  c.autoencoder.tied = True
+  c.autoencoder.latent_dim = 32
+  c.batch_size = 32
+  c.num_epochs = 5.0
+  c.optimizer.learning_rate = 1e-3
+  c.log_every_steps = 500
+  c.eval_every_steps = 1875  # one epoch
+  c.checkpoint_every_steps = 1875
+  return c

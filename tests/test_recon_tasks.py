@@ -1,0 +1,282 @@
+"""The reconstruction tasks: the (tied) autoencoder, and the inversion of a frozen classifier's features."""
+
+import functools
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO
+
+from deconv_jax import checkpoint, data, evaluate, tasks, train
+from deconv_jax import config as config_lib
+from deconv_jax.config import ConfigError
+from deconv_jax.tasks import autoencoder, inversion
+
+METRICS = {"loss", "psnr", "ssim", "num_examples"}
+SUMS = jax.jit(autoencoder.reconstruction_sums)  # one compile, not one per eager op
+
+
+def _leaves(tree) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _load_config(name: str):
+  path = os.path.join(REPO, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def info():
+  return data.get_info(config_lib.base().dataset, "train")
+
+
+@pytest.fixture(scope="module")
+def batch():
+  """16 embedded training digits: ``image`` [16, 28, 28, 1] in [0, 1], ``label``, ``mask`` (all 1)."""
+  source = data.get_source(config_lib.base().dataset, "train")
+  return next(data.eval_batches(source, global_batch_size=16))
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+  """A tiny classifier trained for 30 steps: the run an inversion inverts."""
+  workdir = str(tmp_path_factory.mktemp("classifier"))
+  c = config_lib.base()
+  c.model.features = (8, 16)
+  c.model.dense = (32,)
+  c.num_train_steps = 30
+  c.eval_every_steps = 30
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def ae_config(tied: bool, latent_dim: int = 0) -> config_lib.ml_collections.ConfigDict:
+  c = config_lib.base()
+  c.task = "autoencoder"
+  c.autoencoder.features = (8, 16)
+  c.autoencoder.tied = tied
+  c.autoencoder.latent_dim = latent_dim
+  return c
+
+
+def inv_config(classifier_workdir: str, layer: str = "pool2") -> config_lib.ml_collections.ConfigDict:
+  c = config_lib.base()
+  c.task = "inversion"
+  c.inversion.classifier_workdir = classifier_workdir
+  c.inversion.layer = layer
+  c.generator.features = (8, 4)
+  c.generator.base_features = 8
+  return c
+
+
+# ----------------------------------------------------------------------------
+# Autoencoder.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied,latent_dim", [(True, 0), (False, 16)], ids=["tied", "free-bottleneck"])
+def test_autoencoder_steps_change_every_param_and_the_loss_falls(info, batch, tied, latent_dim):
+  c = ae_config(tied, latent_dim)
+  c.optimizer.learning_rate = 1e-2
+  state = autoencoder.create_state(c, jax.random.key(0), info, 30)
+  decoder = state.params["decoder"]
+  if tied:  # The tied decoder owns biases only: its kernels are the encoder's.
+    assert all(name.startswith("bias") for name in decoder)
+  else:
+    assert {"deconv1", "deconv2", "dense"} <= set(decoder)
+  initial = _leaves(state.params)
+  step = jax.jit(functools.partial(autoencoder.train_step, config=c))
+  losses = []
+  for i in range(30):
+    state, metrics = step(state, batch, jax.random.key(i))
+    assert set(metrics) == set(autoencoder.metric_names)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert all(not np.array_equal(a, b) for a, b in zip(initial, _leaves(state.params), strict=True))
+  recon = jax.jit(autoencoder.reconstruct)(state, batch["image"])
+  assert recon.shape == batch["image"].shape
+  assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+def test_metrics_of_a_perfect_reconstruction_ignore_padding(batch):
+  images = jnp.asarray(batch["image"])
+  mask = np.ones(16, np.float32)
+  mask[12:] = 0.0
+  recon = images.at[12:].set(1.0 - images[12:])  # Wrong only in the padding rows.
+  metrics = autoencoder.eval_metrics(jax.device_get(SUMS(recon, images, jnp.asarray(mask))))
+  assert metrics["num_examples"] == 12
+  assert metrics["loss"] == 0.0
+  assert metrics["psnr"] == pytest.approx(100.0)  # MSE floored at 1e-10
+  assert metrics["ssim"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_metrics_of_a_known_error(batch):
+  images = jnp.asarray(batch["image"])
+  sums = SUMS(images + 0.1, images, jnp.ones(16))  # MSE 0.01 -> 20 dB
+  metrics = autoencoder.eval_metrics(jax.device_get(sums))
+  assert metrics["loss"] == pytest.approx(0.01, rel=1e-4)
+  assert metrics["psnr"] == pytest.approx(20.0, abs=1e-3)
+  assert 0.0 < metrics["ssim"] < 1.0
+
+
+def test_autoencoder_eval_step_scores_an_identity_model_as_perfect(info, batch):
+  state = autoencoder.create_state(ae_config(True), jax.random.key(0), info, 1)
+  state = state.replace(apply_fn=lambda variables, images: images)
+  metrics = autoencoder.eval_metrics(jax.device_get(autoencoder.eval_step(state, batch)))
+  assert metrics == pytest.approx({"loss": 0.0, "psnr": 100.0, "ssim": 1.0, "num_examples": 16}, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Inversion.
+# ----------------------------------------------------------------------------
+
+
+def test_inversion_steps_train_only_the_generator(info, batch, classifier_run):
+  c = inv_config(classifier_run)
+  _, restored = inversion.load_classifier(classifier_run, info.image_shape)
+  state = inversion.create_state(c, jax.random.key(0), info, 5)
+  abstract = jax.eval_shape(lambda r: inversion.create_state(c, r, info, 5), jax.random.key(0))
+  assert [x.shape for x in jax.tree.leaves(abstract)] == [x.shape for x in jax.tree.leaves(state)]  # restore templates
+  assert state.layer == "pool2"
+  assert state.params["project"]["kernel"].shape == (5 * 5 * 16, 7 * 7 * 8)  # pool2 [5, 5, 16] flattened
+  initial_g, initial_bn = _leaves(state.params), _leaves(state.batch_stats)
+  step = jax.jit(functools.partial(inversion.train_step, config=c))
+  for i in range(3):
+    state, metrics = step(state, batch, jax.random.key(i))
+    assert np.isfinite(float(metrics["loss"]))
+  for a, b in zip(_leaves(restored), _leaves(state.classifier_params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert all(not np.array_equal(a, b) for a, b in zip(initial_g, _leaves(state.params), strict=True))
+  assert all(not np.array_equal(a, b) for a, b in zip(initial_bn, _leaves(state.batch_stats), strict=True))
+  assert int(state.step) == 3
+  recon = jax.jit(inversion.reconstruct)(state, batch["image"])
+  assert recon.shape == batch["image"].shape
+  assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+@pytest.mark.parametrize("layer,size", [("act1", 26 * 26 * 8), ("hidden1", 32), ("logits", 10)])
+def test_inversion_takes_any_layer(info, classifier_run, layer, size):
+  c = inv_config(classifier_run, layer)
+  state = jax.eval_shape(lambda r: inversion.create_state(c, r, info, 1), jax.random.key(0))
+  assert state.params["project"]["kernel"].shape == (size, 7 * 7 * 8)
+
+
+def test_a_bad_layer_names_the_layers(info, classifier_run):
+  with pytest.raises(ConfigError) as e:
+    inversion.create_state(inv_config(classifier_run, "pool9"), jax.random.key(0), info, 1)
+  message = str(e.value)
+  assert message.startswith("config.inversion.layer='pool9' is not allowed: one of ('act1', 'pool1', 'act2', 'pool2'")
+  assert "\n" not in message
+
+
+def _fake_run(workdir, task: str, with_checkpoint: bool):
+  """A workdir with a config.json of ``task`` and, if asked, an (empty) complete checkpoint."""
+  os.makedirs(workdir)
+  c = config_lib.base()
+  c.task = task
+  config_lib.save_json(c, os.path.join(workdir, "config.json"))
+  if with_checkpoint:
+    os.makedirs(os.path.join(workdir, "checkpoints", "5"))
+    open(os.path.join(workdir, "checkpoints", "5", "_CHECKPOINT_METADATA"), "w").close()
+
+
+@pytest.mark.parametrize(
+  "case,expected",
+  [
+    ("missing", "has no config.json"),
+    ("no_checkpoint", "has no checkpoint: train the classifier first"),
+    ("not_a_classifier", "is a 'gan' run, not a classifier run"),
+  ],
+)
+def test_a_bad_classifier_workdir_is_one_line_naming_the_key(info, tmp_path, case, expected):
+  workdir = str(tmp_path / "run")
+  if case == "no_checkpoint":
+    _fake_run(workdir, "classifier", with_checkpoint=False)
+  elif case == "not_a_classifier":
+    _fake_run(workdir, "gan", with_checkpoint=True)
+  with pytest.raises(ConfigError) as e:
+    inversion.create_state(inv_config(workdir), jax.random.key(0), info, 1)
+  message = str(e.value)
+  assert message.startswith(f"config.inversion.classifier_workdir={workdir!r} {expected}"), message
+  assert "\n" not in message
+  with pytest.raises(ConfigError, match=r"^config\.inversion\.classifier_workdir="):  # train checks before any work
+    train.train_and_evaluate(inv_config(workdir), str(tmp_path / "inversion"))
+
+
+def test_a_classifier_of_other_images_is_refused(classifier_run):
+  with pytest.raises(ConfigError, match=r"classifier of images \(28, 28, 1\), config.dataset has \(32, 32, 3\)"):
+    inversion.load_classifier(classifier_run, (32, 32, 3))
+
+
+# ----------------------------------------------------------------------------
+# End to end: train.train_and_evaluate, checkpoint, evaluate.
+# ----------------------------------------------------------------------------
+
+
+def _short(c):
+  c.num_train_steps = 20
+  c.eval_every_steps = 20
+  c.checkpoint_every_steps = 20
+  return c
+
+
+def test_the_autoencoder_trains_end_to_end(tmp_path):
+  workdir = str(tmp_path)
+  metrics = train.train_and_evaluate(_short(ae_config(True)), workdir)
+  assert set(metrics) == METRICS
+  assert metrics["num_examples"] == 500
+  assert all(np.isfinite(metrics[k]) for k in METRICS)
+  assert checkpoint.latest_step(workdir) == 20
+  assert not os.path.exists(os.path.join(workdir, "images"))  # no samples grid: reconstructions need inputs
+
+
+def test_the_inversion_trains_end_to_end_and_its_checkpoint_evaluates(tmp_path, classifier_run):
+  workdir = str(tmp_path)
+  metrics = train.train_and_evaluate(_short(inv_config(classifier_run)), workdir)
+  assert set(metrics) == METRICS
+  assert metrics["num_examples"] == 500
+  assert all(np.isfinite(metrics[k]) for k in METRICS)
+  assert checkpoint.latest_step(workdir) == 20
+  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  task, state, step, _ = evaluate.restore_run(saved, workdir)
+  assert task is tasks.get("inversion") and step == 20
+  _, classifier_params = inversion.load_classifier(classifier_run, (28, 28, 1))
+  for a, b in zip(_leaves(classifier_params), _leaves(state.classifier_params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  again = evaluate.evaluate_workdir(saved, workdir)
+  assert again == pytest.approx({**metrics, "step": 20}, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["autoencoder_tfds", "inversion_tfds"])
+def test_tfds_config_trains_under_mock_data(tmp_path, classifier_run, name):
+  c = _load_config(name)
+  c.num_train_steps = 3
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.autoencoder.features = (8, 8)
+  c.autoencoder.latent_dim = 4
+  c.generator.features = (8, 4)
+  c.generator.base_features = 8
+  c.inversion.classifier_workdir = classifier_run  # trained on 28x28x1 digits, as the mocked MNIST
+  with tfds.testing.mock_data(num_examples=16):
+    metrics = train.train_and_evaluate(c, str(tmp_path))
+  assert metrics["num_examples"] == 16
+  assert set(metrics) == METRICS
+
+
+def test_train_cli_names_a_bad_classifier_workdir(tmp_path, cli):
+  missing = str(tmp_path / "nope")
+  args = ["--config=configs/inversion.py", f"--config.inversion.classifier_workdir={missing}", f"--workdir={tmp_path}"]
+  result = cli("deconv_jax.train", *args)
+  assert result.returncode == 2, result.stderr
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and f"config.inversion.classifier_workdir={missing!r} has no config.json" in last
