@@ -1,8 +1,10 @@
-r"""DCGAN on the embedded MNIST-5k: a transposed-conv generator, 4x4 kernels, stride 2 (even overlap).
+r"""Class-conditional DCGAN on the embedded MNIST-5k: transposed-conv generator, 4x4 kernels, stride 2.
 
 Radford et al.'s recipe (Adam 2e-4, beta1 0.5, batch norm in G, LeakyReLU in D, non-saturating
-loss), sized for a 2-core CPU. Sample grids go to ``WORKDIR/samples/``; measure the result with
-the quickstart classifier (train it first with ``python -m deconv_jax.train``):
+loss), sized for a 2-core CPU; G takes the class as a one-hot, D is a projection discriminator.
+``--config.generator.conditional=False`` trains the unconditional GAN. Sample grids go to
+``WORKDIR/samples/``; measure the result with the quickstart classifier (train it first with
+``python -m deconv_jax.train``):
 
   python -m deconv_jax.train --config configs/gan.py --workdir workdirs/gan
   python -m deconv_jax.evaluate --workdir workdirs/gan --config.measure.classifier_workdir=workdirs/quickstart
@@ -15,7 +17,7 @@ def get_config():
   c = config_lib.base()
   c.task = "gan"
   c.batch_size = 64
-  c.num_train_steps = 6000
+  c.num_train_steps = 4000
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-4
   c.optimizer.b1 = 0.5
@@ -27,6 +29,7 @@ def get_config():
   c.generator.kernel_size = 4
   c.generator.batch_norm = True
   c.generator.output_activation = "tanh"
+  c.generator.conditional = True
   c.discriminator.features = (32, 64)
   c.discriminator.kernel_size = 4
   c.measure.classifier_workdir = "workdirs/quickstart"
