@@ -9,8 +9,8 @@ convolution* ("deconvolution")::
 JAX hands us the adjoint of any linear map: it is the map's VJP. So
 ``deconv2d`` is not a separate kernel: it is ``jax.vjp`` of ``conv2d`` with
 respect to its input, evaluated on ``y``. Because the map is linear, the VJP
-does not depend on the point it is taken at, the forward conv is dead code, and
-XLA compiles the whole thing to one (input-dilated) convolution.
+does not depend on the point it is taken at; under ``jit`` the forward conv is dead
+code and XLA compiles the whole thing to one (input-dilated) convolution.
 
 Conventions: activations NHWC, kernels HWIO and always the kernel of the
 *forward* convolution ``[kh, kw, Cin // groups, Cout]``. ``deconv2d`` takes the
@@ -318,7 +318,7 @@ def deconv2d(
 
   forward = functools.partial(conv2d, kernel=kernel, strides=strides, padding=padding, dilation=dilation, groups=groups)
   # conv2d is linear in x, so its VJP is the same at every point: take it at 0.
-  # The forward value is never used and XLA removes it.
+  # Under jit the forward value is dead code and XLA removes it; called eagerly, it is computed once, on zeros.
   x0 = jnp.zeros((n, *in_hw, c_in_per_group * groups), jnp.result_type(y, kernel))
   _, forward_vjp = jax.vjp(forward, x0)
   (x,) = forward_vjp(y.astype(x0.dtype))
