@@ -11,8 +11,14 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax import lax
 
 AXIS = "batch"
+
+
+def pmean(x: Any, axis_name: str | None) -> Any:
+  """``lax.pmean(x, axis_name)`` inside ``pmap``; ``x`` itself when compiled with ``jit`` (``axis_name=None``)."""
+  return x if axis_name is None else lax.pmean(x, axis_name)
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0, auto: bool = False) -> None:

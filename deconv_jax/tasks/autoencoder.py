@@ -21,7 +21,7 @@ import ml_collections
 from flax.training import train_state
 from jax import lax
 
-from deconv_jax import models
+from deconv_jax import models, parallel
 from deconv_jax.tasks import optim
 
 metric_names = ("loss",)
@@ -52,10 +52,6 @@ def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, t
   return TrainState.create(apply_fn=model.apply, params=params, tx=optim.make(config.optimizer, total_steps))
 
 
-def _pmean(x: Any, axis_name: str | None) -> Any:
-  return x if axis_name is None else lax.pmean(x, axis_name)
-
-
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -76,8 +72,8 @@ def train_step(
     return jnp.mean((recon_BHWC - images_BHWC) ** 2)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  grads = _pmean(grads, axis_name)
-  return state.apply_gradients(grads=grads), _pmean({"loss": loss}, axis_name)
+  grads = parallel.pmean(grads, axis_name)
+  return state.apply_gradients(grads=grads), parallel.pmean({"loss": loss}, axis_name)
 
 
 def reconstruct(state: TrainState, images_NHWC: jax.Array) -> jax.Array:

@@ -11,7 +11,7 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from deconv_jax import augment, models
+from deconv_jax import augment, models, parallel
 from deconv_jax.tasks import optim
 
 metric_names = ("loss", "accuracy")
@@ -30,10 +30,6 @@ def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, t
   model = build_model(config, info.num_classes)
   params = model.init(rng, jnp.zeros((1, *info.image_shape), jnp.float32))["params"]
   return TrainState.create(apply_fn=model.apply, params=params, tx=optim.make(config.optimizer, total_steps))
-
-
-def _pmean(x: Any, axis_name: str | None) -> Any:
-  return x if axis_name is None else lax.pmean(x, axis_name)
 
 
 def train_step(
@@ -63,9 +59,9 @@ def train_step(
     return loss, logits_BK
 
   (loss, logits_BK), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = _pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits_BK, -1) == labels_B)}
-  return state.apply_gradients(grads=grads), _pmean(metrics, axis_name)
+  return state.apply_gradients(grads=grads), parallel.pmean(metrics, axis_name)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:

@@ -17,7 +17,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import models
+from deconv_jax import models, parallel
 from deconv_jax.tasks import optim
 
 metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
@@ -116,10 +116,6 @@ def _latents(rng: jax.Array, offset: jax.Array | int, n: int, dim: int) -> jax.A
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(rng, i), (dim,)))(offset + jnp.arange(n))
 
 
-def _pmean(x: Any, axis_name: str | None) -> Any:
-  return x if axis_name is None else lax.pmean(x, axis_name)
-
-
 def train_step(
   state: GANState,
   batch: dict[str, jax.Array],
@@ -156,7 +152,7 @@ def train_step(
     return loss, (jnp.mean(jax.nn.sigmoid(real_logits)), jnp.mean(jax.nn.sigmoid(fake_logits)))
 
   (d_loss, (d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.params["discriminator"])
-  d_grads = _pmean(d_grads, axis_name)
+  d_grads = parallel.pmean(d_grads, axis_name)
   d_updates, d_opt = state.tx_d.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
   d_params = optax.apply_updates(state.params["discriminator"], d_updates)
 
@@ -166,7 +162,7 @@ def train_step(
     return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake, labels_B))), batch_stats
 
   (g_loss, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.params["generator"])
-  g_grads = _pmean(g_grads, axis_name)
+  g_grads = parallel.pmean(g_grads, axis_name)
   g_updates, g_opt = state.tx_g.update(g_grads, state.opt_state["generator"], state.params["generator"])
   g_params = optax.apply_updates(state.params["generator"], g_updates)
 
@@ -177,7 +173,7 @@ def train_step(
     opt_state={"generator": g_opt, "discriminator": d_opt},
   )
   metrics = {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
-  return new_state, _pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)
 
 
 def generate(state: GANState, z_ND: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:

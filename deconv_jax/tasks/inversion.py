@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import checkpoint, models
+from deconv_jax import checkpoint, models, parallel
 from deconv_jax import config as config_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, gan, optim
@@ -159,10 +159,6 @@ def _to_unit(images: jax.Array, output_activation: str) -> jax.Array:
   return (images + 1) / 2 if output_activation == "tanh" else images
 
 
-def _pmean(x: Any, axis_name: str | None) -> Any:
-  return x if axis_name is None else lax.pmean(x, axis_name)
-
-
 def train_step(
   state: InversionState,
   batch: dict[str, jax.Array],
@@ -188,7 +184,7 @@ def train_step(
     return jnp.mean((recon_BHWC - images_BHWC) ** 2), updates.get("batch_stats", {})
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = _pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
     step=state.step + 1,
@@ -196,7 +192,7 @@ def train_step(
     batch_stats=batch_stats,
     opt_state=opt_state,
   )
-  return new_state, _pmean({"loss": loss}, axis_name)
+  return new_state, parallel.pmean({"loss": loss}, axis_name)
 
 
 def reconstruct(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
