@@ -44,3 +44,22 @@ def mnist_dir():
   if not os.path.exists(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
     pytest.skip(f"real MNIST test set not found at {MNIST_DIR}")
   return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory):
+  """A tiny classifier (conv 8-16, dense 32) trained 60 steps on MNIST-5k: ``(workdir, final eval metrics)``.
+
+  Shared by the tests of everything that reads a classifier run (evaluate, visualize,
+  measurements, inversion); they only read it, or add their own files beside its checkpoints.
+  """
+  from deconv_jax import config as config_lib
+  from deconv_jax import train
+
+  workdir = str(tmp_path_factory.mktemp("classifier_run"))
+  c = config_lib.base()
+  c.model.features = (8, 16)
+  c.model.dense = (32,)
+  c.num_train_steps = 60
+  c.eval_every_steps = 60
+  return workdir, train.train_and_evaluate(c, workdir)

@@ -5,19 +5,12 @@ import json
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import evaluate, train
+from deconv_jax import evaluate
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  c = config_lib.base()
-  c.model.features = (8, 16)
-  c.model.dense = (32,)
-  c.num_train_steps = 60
-  c.eval_every_steps = 60
-  metrics = train.train_and_evaluate(c, workdir)
-  return workdir, metrics
+@pytest.fixture
+def trained(classifier_run):
+  return classifier_run
 
 
 def last_json(stdout):

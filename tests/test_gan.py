@@ -122,16 +122,9 @@ def test_eight_devices_give_the_one_device_parameters(cli, tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-@pytest.fixture(scope="module")
-def classifier_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("classifier"))
-  c = config_lib.base()
-  c.model.features = (8, 16)
-  c.model.dense = (32,)
-  c.num_train_steps = 40
-  c.eval_every_steps = 40
-  train.train_and_evaluate(c, workdir)
-  return workdir
+@pytest.fixture
+def classifier_dir(classifier_run):
+  return classifier_run[0]
 
 
 def test_evaluate_measures_a_gan_with_the_classifier(cli, tmp_path, classifier_dir):

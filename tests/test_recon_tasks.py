@@ -44,17 +44,10 @@ def batch():
   return next(data.eval_batches(source, global_batch_size=16))
 
 
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-  """A tiny classifier trained for 30 steps: the run an inversion inverts."""
-  workdir = str(tmp_path_factory.mktemp("classifier"))
-  c = config_lib.base()
-  c.model.features = (8, 16)
-  c.model.dense = (32,)
-  c.num_train_steps = 30
-  c.eval_every_steps = 30
-  train.train_and_evaluate(c, workdir)
-  return workdir
+@pytest.fixture
+def classifier_run(classifier_run):
+  """The shared tiny classifier run's workdir: the run an inversion inverts."""
+  return classifier_run[0]
 
 
 def ae_config(tied: bool, latent_dim: int = 0) -> config_lib.ml_collections.ConfigDict:

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from deconv_jax import attribution, models, train, visualize
-from deconv_jax import config as config_lib
+from deconv_jax import attribution, models, visualize
 
 
 def test_receptive_fields_of_the_default_cnn():
@@ -72,16 +71,9 @@ def test_choose_picks_channels_whose_top_k_all_fire():
   assert channels == [1] and order.shape == (1, 1)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  c = config_lib.base()
-  c.model.features = (8, 16)
-  c.model.dense = (32,)
-  c.num_train_steps = 30
-  c.eval_every_steps = 30
-  train.train_and_evaluate(c, workdir)
-  return workdir
+@pytest.fixture
+def trained(classifier_run):
+  return classifier_run[0]
 
 
 def test_visualize_writes_the_figures(trained, cli):
@@ -99,7 +91,10 @@ def test_visualize_errors_are_one_line(trained, cli):
   cases = [
     (["--channels=99"], "error: --channels: channel 99 does not exist; the conv layers have (8, 16)"),
     (["--channels=a"], "error: --channels=a: expected comma-separated channel numbers"),
-    (["--config.model.dense=(64,)"], "error: visualize takes overrides of config.dataset.* and eval_batch_size only"),
+    (
+      ["--config.model.dense=(64,)"],
+      "error: visualize takes overrides of config.dataset.*, measure.* and eval_batch_size only",
+    ),
     (["--top_k=0"], "error: flag --top_k=0: 0 is not a positive integer"),
   ]
   for args, message in cases:
