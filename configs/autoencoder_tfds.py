@@ -6,23 +6,17 @@ on a machine with internet; then pass its directory as --config.dataset.data_dir
   python -m deconv_jax.train --config configs/autoencoder_tfds.py --workdir workdirs/autoencoder_tfds
 """
 
+import os
+
 from deconv_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.base()
-  c.task = "autoencoder"
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "autoencoder.py"))
   c.dataset.source = "tfds"
   c.dataset.name = "mnist"
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
-  c.autoencoder.features = (32, 64)
-  c.autoencoder.kernel_size = 4
-  c.autoencoder.tied = True
-  c.autoencoder.latent_dim = 32
-  c.batch_size = 32
-  c.num_epochs = 5.0
-  c.optimizer.learning_rate = 1e-3
   c.log_every_steps = 500
   c.eval_every_steps = 1875  # one epoch
   c.checkpoint_every_steps = 1875

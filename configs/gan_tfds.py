@@ -6,16 +6,13 @@ on a machine with internet; then pass its directory as --config.dataset.data_dir
   python -m deconv_jax.train --config configs/gan_tfds.py --workdir workdirs/gan_tfds
 """
 
-import importlib.util
 import os
+
+from deconv_jax import config as config_lib
 
 
 def get_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gan.py")
-  spec = importlib.util.spec_from_file_location("gan_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "gan.py"))
   c.dataset.source = "tfds"
   c.dataset.name = "mnist"
   c.dataset.train_split = "train"

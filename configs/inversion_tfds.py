@@ -8,28 +8,19 @@ Train the classifier first, then the inversion:
   python -m deconv_jax.train --config configs/inversion_tfds.py --workdir workdirs/inversion_tfds
 """
 
+import os
+
 from deconv_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.base()
-  c.task = "inversion"
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "inversion.py"))
   c.dataset.source = "tfds"
   c.dataset.name = "mnist"
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
   c.inversion.classifier_workdir = "workdirs/mnist_classifier"
-  c.inversion.layer = "pool2"
-  c.generator.base_size = 7
-  c.generator.base_features = 128
-  c.generator.features = (64, 32)
-  c.generator.upsample = "transpose"
-  c.generator.kernel_size = 4
-  c.generator.batch_norm = True
-  c.generator.output_activation = "tanh"
-  c.batch_size = 32
   c.num_epochs = 5.0
-  c.optimizer.learning_rate = 1e-3
   c.log_every_steps = 500
   c.eval_every_steps = 1875  # one epoch
   c.checkpoint_every_steps = 1875

@@ -8,6 +8,7 @@ into its workdir, so ``evaluate`` and a resumed run see exactly what training sa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -138,6 +139,14 @@ def base() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """``get_config()`` of the config file at ``path``: how a variant builds on the config it varies."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
