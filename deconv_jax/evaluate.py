@@ -88,13 +88,11 @@ def restore_run(config: Any, workdir: str, command: str = "evaluate") -> tuple[A
 
 def evaluate_workdir(config: Any, workdir: str) -> dict[str, float]:
   """Restores the latest checkpoint of ``workdir`` and evaluates it with ``config`` (its dataset.eval_split)."""
-  task, state, step, _ = restore_run(config, workdir)
+  task, host_state, step, _ = restore_run(config, workdir)
   source = data.get_source(config.dataset, config.dataset.eval_split)
-  if jax.device_count() > 1:
-    state = parallel.replicate(state)
+  state = parallel.replicate(host_state) if jax.device_count() > 1 else host_state
   metrics = evaluate_state(task, compile_eval_step(task), state, source, config.eval_batch_size)
   if hasattr(task, "generate_many") and config.measure.classifier_workdir:
-    host_state = parallel.unreplicate(state) if jax.device_count() > 1 else state
     metrics.update(generator_quality(task, host_state, config))
   return {**metrics, "step": step}
 

@@ -30,9 +30,8 @@ def image_grid(images_NHWC: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarr
   return (grid * 255).round().astype(np.uint8)
 
 
-def save_grid(images_NHWC: np.ndarray, path: str, cols: int = 8, zoom: int = 2) -> None:
-  """`image_grid` written as a PNG, each pixel ``zoom`` x ``zoom``."""
-  grid = image_grid(images_NHWC, cols)
+def save_png(grid: np.ndarray, path: str, zoom: int = 2) -> None:
+  """A uint8 RGB image (an `image_grid`) written as a PNG, each pixel ``zoom`` x ``zoom``."""
   Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
 
 
@@ -66,8 +65,9 @@ class MetricWriter:
     directory = os.path.join(self._workdir, "samples")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}_{step:06d}.png")
-    save_grid(images_NHWC, path)
-    self._tb.add_image(name, image_grid(images_NHWC), step, dataformats="HWC")
+    grid = image_grid(images_NHWC)
+    save_png(grid, path)
+    self._tb.add_image(name, grid, step, dataformats="HWC")
     self._tb.flush()
     return path
 

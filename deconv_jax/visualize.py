@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from deconv_jax import attribution, cli, data, evaluate, models, ops
 from deconv_jax import config as config_lib
+from deconv_jax.metric_writers import image_grid
 
 RED = np.array([1.0, 0.0, 0.0])
 GAP = 4  # pixels between cells
@@ -155,13 +156,8 @@ def _u8(image: np.ndarray) -> np.ndarray:
 
 
 def _grid(cells: Sequence[np.ndarray], cols: int) -> np.ndarray:
-  cell = cells[0].shape[0]
-  rows = -(-len(cells) // cols)
-  out = np.ones((rows * cell + (rows - 1) * GAP, cols * cell + (cols - 1) * GAP, 3), np.float32)
-  for n, image in enumerate(cells):
-    r, c = divmod(n, cols)
-    out[r * (cell + GAP) : r * (cell + GAP) + cell, c * (cell + GAP) : c * (cell + GAP) + cell] = image
-  return out
+  """Equal RGB cells in ``[0, 1]`` in a grid of ``cols`` columns on white (`metric_writers.image_grid`), as floats."""
+  return image_grid(np.stack(cells), cols, gap=GAP).astype(np.float32) / 255
 
 
 def _box(image: np.ndarray, top: int, left: int, size: int, zoom: int) -> np.ndarray:
