@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from deconv_jax import checkpoint, cli, data, evaluate, parallel, tasks
 from deconv_jax import config as config_lib
 from deconv_jax.metric_writers import MetricWriter
+from deconv_jax.progress import Progress, format_metrics, format_seconds
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
 
@@ -31,11 +32,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 def _log(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
-
-
-def _format_seconds(seconds: float) -> str:
-  seconds = round(seconds)
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -94,7 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if (latest := mngr.latest_step()) is not None:
     state = checkpoint.restore(mngr, latest, state, train_iter)
     start_step = int(state.step)
-    _log(f"resumed from {workdir} at step {start_step}")
+    if start_step < total_steps:
+      _log(f"resumed from {workdir} at step {start_step}")
 
   # ---------------------------------------------------------------- update step
   multi_device = jax.device_count() > 1
@@ -112,72 +109,84 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   samples_fn = jax.jit(task.samples) if hasattr(task, "samples") else None  # generator tasks: a grid of samples
   host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
 
-  def run_eval(step: int) -> dict[str, float]:
-    metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
-    writer.write(step, "eval", metrics)
-    _log(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + _fmt(metrics))
-    return metrics
-
   def save(step: int) -> None:
     checkpoint.save(mngr, step, host_state(), train_iter)
 
   # ---------------------------------------------------------------- loop
   writer = MetricWriter(workdir)
-  _log(
-    f"training {config.task} ({num_params:,} params) on {config.dataset.source}:{config.dataset.train_split} "
-    f"({len(train_source):,} examples, {info.image_shape}) for {total_steps} steps of {config.batch_size} "
-    f"on {jax.device_count()} device(s) -> {workdir}"
-  )
-  pending: list[dict[str, jax.Array]] = []
-  t_start = t_last = time.time()
-  steps_at_last = start_step
   eval_metrics: dict[str, float] = {}
   step = start_step
+  t_start = time.time()
+  progress = None
+  if start_step >= total_steps:  # Complete already: evaluate what is there; its eval record exists.
+    _log(f"already trained to step {start_step} of {total_steps}; evaluating {workdir}")
+    eval_metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+  else:
+    _log(
+      f"training {config.task} ({num_params:,} params) on {config.dataset.source}:{config.dataset.train_split} "
+      f"({len(train_source):,} examples, {info.image_shape}) for {total_steps} steps of {config.batch_size} "
+      f"on {jax.device_count()} device(s) -> {workdir}"
+    )
+    progress = Progress(total_steps, start_step)
+  pending: list[dict[str, jax.Array]] = []  # train metrics since the last log step
+  in_flight = None  # the metrics of a dispatched step not yet counted as done
+  t_last, steps_at_last = t_start, start_step
   while step < total_steps:
     batch = next(train_iter)
     if multi_device:
       batch = parallel.shard(batch)
     state, metrics = p_train_step(state, batch, jax.random.fold_in(train_rng, step))
+    if in_flight is not None:  # Count a step when it is computed, keeping one step in flight.
+      jax.block_until_ready(in_flight)
+      progress.step()
+    in_flight = metrics
     pending.append(metrics)
     step += 1
+    if step == start_step + 1:  # The first step compiles: say so, and time the rates from its end.
+      jax.block_until_ready(in_flight)
+      progress.step()
+      in_flight = None
+      t_last, steps_at_last = time.time(), step
+      progress.write(f"step {step}/{total_steps} | compiled and ran the first step in {t_last - t_start:.1f} s")
     last = step == total_steps
     if step % config.log_every_steps == 0 or last or step % config.checkpoint_every_steps == 0:
       train_metrics = {k: float(np.mean([np.asarray(m[k]).mean() for m in pending])) for k in pending[0]}
       pending.clear()
+      if in_flight is not None:  # float() above waited for it
+        progress.step()
+        in_flight = None
       if bad := [k for k, v in train_metrics.items() if not np.isfinite(v)]:
         mngr.wait_until_finished()
+        progress.close()
         raise FloatingPointError(
           f"{bad[0]} is {train_metrics[bad[0]]} at step {step}: stopped; the last good checkpoint in {workdir} is kept"
         )
       now = time.time()
-      steps_per_sec = (step - steps_at_last) / max(now - t_last, 1e-9)
-      t_last, steps_at_last = now, step
-      train_metrics["steps_per_sec"] = steps_per_sec
+      if step > steps_at_last:
+        train_metrics["steps_per_sec"] = (step - steps_at_last) / max(now - t_last, 1e-9)
+        t_last, steps_at_last = now, step
+        progress.log(step, train_metrics, train_metrics["steps_per_sec"])
       writer.write(step, "train", train_metrics)
-      eta = (total_steps - step) / max(steps_per_sec, 1e-9)
-      _log(f"step {step}/{total_steps} | train {_fmt(train_metrics)} | ETA {_format_seconds(eta)}")
     if step % config.eval_every_steps == 0 or last:
-      eval_metrics = run_eval(step)
+      eval_metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+      writer.write(step, "eval", eval_metrics)
+      progress.write(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + format_metrics(eval_metrics))
     if samples_fn is not None and (step % config.sample_every_steps == 0 or last):
       writer.write_images(step, "samples", jax.device_get(samples_fn(host_state())))
     if step % config.checkpoint_every_steps == 0 or last:
       save(step)
 
   # ---------------------------------------------------------------- summary
-  if not eval_metrics:  # Already complete when started: evaluate what is there.
-    eval_metrics = run_eval(step)
+  if progress is not None:
+    progress.close()
   mngr.wait_until_finished()
   mngr.close()
   writer.close()
   _log(
-    f"done: {config.task} {step} steps in {_format_seconds(time.time() - t_start)} | "
-    f"eval {config.dataset.eval_split} {_fmt(eval_metrics)} | workdir {workdir}"
+    f"done: {config.task} {step} steps in {format_seconds(time.time() - t_start)} | "
+    f"eval {config.dataset.eval_split} {format_metrics(eval_metrics)} | workdir {workdir}"
   )
   return eval_metrics
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-  return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
 
 
 def define_flags() -> None:

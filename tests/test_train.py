@@ -40,6 +40,25 @@ def small_config(**overrides):
   return c
 
 
+# Runs argv[1:] on a 120-column pseudo-terminal and copies what it draws to stdout.
+_PTY_RUN = """
+import fcntl, os, pty, struct, sys, termios
+pid, fd = pty.fork()
+if pid == 0:
+  os.execv(sys.argv[1], sys.argv[1:])
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+while True:
+  try:
+    chunk = os.read(fd, 4096)
+  except OSError:
+    break
+  if not chunk:
+    break
+  sys.stdout.write(chunk.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
 def final_params(workdir):
   step = checkpoint.latest_step(workdir)
   restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
@@ -76,6 +95,37 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
   (s1, p1), (s2, p2) = final_params(straight), final_params(split)
   assert s1 == s2 == 40
   assert_trees_close(p1, p2, rtol=1e-6, atol=1e-7)
+
+
+def test_a_complete_run_only_evaluates_and_says_so(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  first = train.train_and_evaluate(small_config(num_train_steps=20, eval_every_steps=20), workdir)
+  capsys.readouterr()
+  again = train.train_and_evaluate(small_config(num_train_steps=20, eval_every_steps=20), workdir)
+  out = capsys.readouterr().out
+  assert f"already trained to step 20 of 20; evaluating {workdir}" in out
+  assert "training classifier" not in out and "resumed from" not in out
+  assert again == first
+  assert [r["step"] for r in read_metrics(workdir, "eval")] == [20]  # no duplicate record
+
+
+def test_progress_on_a_terminal_is_a_live_bar(tmp_path):
+  """Under a pseudo-terminal the run draws a tqdm bar; piped (every other test) it prints one-line records."""
+  args = [sys.executable, "-m", "deconv_jax.train", *SMALL, f"--workdir={tmp_path / 'run'}"]
+  args += ["--config.num_train_steps=30", "--config.log_every_steps=10", "--config.eval_every_steps=30"]
+  out = subprocess.run(
+    [sys.executable, "-c", _PTY_RUN, *args],
+    cwd=REPO,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 0, out.stdout + out.stderr
+  screen = out.stdout.replace("\r", "\n")
+  assert "30/30 [" in screen and "step/s" in screen  # the bar, with its rate
+  assert "| ETA" not in screen  # the one-line records are for logs, not terminals
+  assert "step 30/30 | eval validation" in screen and "done: classifier 30 steps" in screen
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, cli):
