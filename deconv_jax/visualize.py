@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from deconv_jax import attribution, cli, data, evaluate, models, ops
 from deconv_jax import config as config_lib
@@ -39,7 +39,7 @@ from deconv_jax.metric_writers import image_grid
 
 RED = np.array([1.0, 0.0, 0.0])
 GAP = 4  # pixels between cells
-LABEL_H = 14  # pixels of text above a block
+FONT_SIZE = 15  # pixels; PIL's scalable default font
 
 
 # ---------------------------------------------------------------- receptive fields
@@ -67,22 +67,24 @@ def receptive_field(model: models.CNN, layer: int) -> tuple[int, int, int]:
 
 def top_activations(
   model: models.CNN, variables: Any, source: Any, layers: Sequence[str], *, batch_size: int = 500
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """All images of ``source`` ``[N, H, W, C]``; per layer, each image's strongest activation per channel ``[N, C]``."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+  """All images of ``source`` ``[N, H, W, C]``, their labels ``[N]``, and per layer each image's strongest
+  activation per channel ``[N, C]``."""
 
   @jax.jit
   def strongest(images):
     acts = attribution.activations(model, variables, images)
     return {name: acts[name].max(axis=(1, 2)) for name in layers}
 
-  images, maxima = [], {name: [] for name in layers}
+  images, labels, maxima = [], [], {name: [] for name in layers}
   for batch in data.eval_batches(source, global_batch_size=batch_size):
     real = np.asarray(batch["mask"]) > 0
     values = jax.device_get(strongest(batch["image"]))
     images.append(np.asarray(batch["image"])[real])
+    labels.append(np.asarray(batch["label"])[real])
     for name in layers:
       maxima[name].append(values[name][real])
-  return np.concatenate(images), {name: np.concatenate(v) for name, v in maxima.items()}
+  return np.concatenate(images), np.concatenate(labels), {name: np.concatenate(v) for name, v in maxima.items()}
 
 
 def choose(
@@ -170,19 +172,49 @@ def _box(image: np.ndarray, top: int, left: int, size: int, zoom: int) -> np.nda
   return out
 
 
-def _labelled(blocks: Sequence[tuple[str, np.ndarray]], cols: int) -> Image.Image:
-  """Blocks (each an RGB array with a one-line label above it) in a grid of ``cols`` columns."""
-  bh = max(b.shape[0] for _, b in blocks) + LABEL_H
-  bw = max(b.shape[1] for _, b in blocks)
-  rows = -(-len(blocks) // cols)
-  canvas = Image.new("RGB", (cols * bw + (cols + 1) * 3 * GAP, rows * bh + (rows + 1) * 2 * GAP), "white")
+def text(lines: str, width: int = 0, *, size: int = FONT_SIZE, center: bool = False) -> np.ndarray:
+  """``lines`` (``\n``-separated) in black on white, as an RGB array ``[h, max(width, text width), 3]``."""
+  font = ImageFont.load_default(size=size)
+  rows = lines.split("\n")
+  line_h = size + size // 3
+  text_w = max(int(np.ceil(font.getlength(row))) for row in rows)
+  canvas = Image.new("RGB", (max(width, text_w), line_h * len(rows) + size // 3), "white")
   draw = ImageDraw.Draw(canvas)
-  for n, (label, block) in enumerate(blocks):
-    r, c = divmod(n, cols)
-    x, y = 3 * GAP + c * (bw + 3 * GAP), 2 * GAP + r * (bh + 2 * GAP)
-    draw.text((x, y), label, fill="black")
-    canvas.paste(Image.fromarray(_u8(block)), (x, y + LABEL_H))
-  return canvas
+  for i, row in enumerate(rows):
+    x = (canvas.width - font.getlength(row)) / 2 if center else 0
+    draw.text((x, i * line_h), row, fill="black", font=font)
+  return np.asarray(canvas, np.float32) / 255
+
+
+def stack(arrays: Sequence[np.ndarray], axis: int, gap: int = 0, *, center: bool = False) -> np.ndarray:
+  """RGB arrays on white, one below the other (``axis=0``) or side by side (``axis=1``), ``gap`` pixels apart."""
+  other = 1 - axis
+  size = max(a.shape[other] for a in arrays)
+  parts = []
+  for i, a in enumerate(arrays):
+    pad = size - a.shape[other]
+    before = pad // 2 if center else 0
+    widths = [(0, 0)] * 3
+    widths[other] = (before, pad - before)
+    parts.append(np.pad(a, widths, constant_values=1.0))
+    if gap and i < len(arrays) - 1:
+      shape = list(parts[-1].shape)
+      shape[axis] = gap
+      parts.append(np.ones(shape, np.float32))
+  return np.concatenate(parts, axis=axis)
+
+
+def captioned(caption: str, block: np.ndarray) -> np.ndarray:
+  return stack([text(caption, block.shape[1], center=True), block], axis=0, gap=2)
+
+
+def figure(title: str, body: np.ndarray, footnote: str) -> Image.Image:
+  """``body`` under a title and over a footnote, with a white margin."""
+  page = stack([text(title, size=FONT_SIZE + 3), body, text(footnote)], axis=0, gap=3 * GAP)
+  return Image.fromarray(_u8(np.pad(page, ((3 * GAP, 3 * GAP), (3 * GAP, 3 * GAP), (0, 0)), constant_values=1.0)))
+
+
+SIGNED_SCALE = "Maps: mid-gray = 0, white = +max|v|, black = -max|v|, each map on its own scale."
 
 
 def layer_figure(
@@ -194,12 +226,13 @@ def layer_figure(
   layer: str,
   top_k: int,
 ) -> Image.Image:
-  """Per channel: [top_k images, unit boxed | their projections | their input patches], each a square grid."""
+  """Per channel, three captioned grids: its top_k images (unit boxed), their projections, their input patches."""
   size, jump, start = field
   h = images_BHWC.shape[1]
   zoom = max(1, 64 // h)
   cell = h * zoom
   cols = int(np.ceil(np.sqrt(top_k)))
+  captions = (f"top {top_k} images, unit boxed", "deconvnet of that unit", f"input under it ({size}x{size})")
   blocks = []
   for n, c in enumerate(channels):
     shown, projected, patches = [], [], []
@@ -208,22 +241,40 @@ def layer_figure(
       shown.append(_box(_zoom(_rgb(images_BHWC[b]), cell), top, left, size, zoom))
       projected.append(_zoom(signed(_crop(projections_BHWC[b], top, left, size, 0.0)), cell))
       patches.append(_zoom(_rgb(_crop(images_BHWC[b], top, left, size, 1.0)), cell))
-    grids = [_grid(cells, cols) for cells in (shown, projected, patches)]
-    spacer = np.ones((grids[0].shape[0], 3 * GAP, 3), np.float32)
-    row = np.concatenate([grids[0], spacer, grids[1], spacer, grids[2]], axis=1)
-    blocks.append((f"{layer} channel {c}: top {top_k} | deconvnet | {size}x{size} patches", row))
-  return _labelled(blocks, cols=2)
+    grids = [captioned(t, _grid(cells, cols)) for t, cells in zip(captions, (shown, projected, patches))]
+    row = stack(grids, axis=1, gap=3 * GAP)
+    blocks.append(stack([text(f"{layer}, channel {c}", size=FONT_SIZE + 1), row], axis=0, gap=2))
+  pairs = [stack(blocks[i : i + 2], axis=1, gap=8 * GAP) for i in range(0, len(blocks), 2)]
+  return figure(
+    f"Deconvnet (Zeiler & Fergus): what excites {layer} ({len(channels)} channels, receptive field {size}x{size})",
+    stack(pairs, axis=0, gap=4 * GAP),
+    "Each channel: the images that excite it most, with its strongest unit's receptive field boxed in red; "
+    "that one unit projected back to pixels;\nand the input under the box. " + SIGNED_SCALE,
+  )
 
 
-def methods_figure(images_BHWC: np.ndarray, predicted_B: np.ndarray, maps: dict[str, np.ndarray]) -> Image.Image:
-  """One row per image: the image, then each method's map of its predicted class's logit."""
+def methods_figure(
+  images_BHWC: np.ndarray, labels_B: np.ndarray, predicted_B: np.ndarray, maps: dict[str, np.ndarray]
+) -> Image.Image:
+  """A table: one row per image (its true and predicted class), then each method's map of its predicted logit."""
   h = images_BHWC.shape[1]
   cell = h * max(1, 96 // h)
-  blocks = []
+  columns = [[text("image", cell, center=True)]] + [
+    [text(m.replace("_", " "), cell, center=True)] for m in attribution.METHODS
+  ]
+  row_labels = [text("")]
   for b in range(len(images_BHWC)):
-    cells = [_zoom(_rgb(images_BHWC[b]), cell)] + [_zoom(signed(maps[m][b]), cell) for m in attribution.METHODS]
-    blocks.append((f"predicted {predicted_B[b]}: image | " + " | ".join(attribution.METHODS), _grid(cells, 4)))
-  return _labelled(blocks, cols=2)
+    columns[0].append(_zoom(_rgb(images_BHWC[b]), cell))
+    for j, m in enumerate(attribution.METHODS, start=1):
+      columns[j].append(_zoom(signed(maps[m][b]), cell))
+    label = text(f"true {labels_B[b]}\npredicted {predicted_B[b]}")
+    row_labels.append(stack([label, np.ones((cell - label.shape[0], 1, 3), np.float32)], axis=0))
+  table = stack([stack(col, axis=0, gap=GAP) for col in [row_labels, *columns]], axis=1, gap=GAP)
+  return figure(
+    "Saliency, deconvnet and guided backprop of the predicted class's logit",
+    table,
+    "One backward pass each; they differ only in how the signal crosses a ReLU.\n" + SIGNED_SCALE,
+  )
 
 
 # ---------------------------------------------------------------- the command
@@ -250,7 +301,7 @@ def visualize_workdir(
       raise config_lib.ConfigError(f"--channels: channel {c} does not exist; the conv layers have {model.features}")
 
   source = data.get_source(config.dataset, config.dataset.eval_split)
-  images_NHWC, maxima = top_activations(model, variables, source, layers, batch_size=config.eval_batch_size)
+  images_NHWC, labels_N, maxima = top_activations(model, variables, source, layers, batch_size=config.eval_batch_size)
   if len(images_NHWC) < max(top_k, num_images):
     raise config_lib.ConfigError(f"the eval split has {len(images_NHWC)} images; --top_k={top_k} needs more")
   paths = []
@@ -260,14 +311,14 @@ def visualize_workdir(
     projections, positions = jax.device_get(
       projector(model, layer)(variables, selected, np.repeat(np.asarray(shown, np.int32), top_k))
     )
-    figure = layer_figure(selected, projections, positions, shown, receptive_field(model, i), layer, top_k)
+    page = layer_figure(selected, projections, positions, shown, receptive_field(model, i), layer, top_k)
     paths.append(os.path.join(workdir, f"deconvnet_{layer}.png"))
-    figure.save(paths[-1])
+    page.save(paths[-1])
 
-  panel = images_NHWC[np.linspace(0, len(images_NHWC) - 1, num_images).round().astype(int)]  # spread over the split
-  predicted, maps = jax.device_get(_three_methods(model, variables, panel))
+  panel = np.linspace(0, len(images_NHWC) - 1, num_images).round().astype(int)  # spread over the split
+  predicted, maps = jax.device_get(_three_methods(model, variables, images_NHWC[panel]))
   paths.append(os.path.join(workdir, "attribution_methods.png"))
-  methods_figure(panel, predicted, maps).save(paths[-1])
+  methods_figure(images_NHWC[panel], labels_N[panel], predicted, maps).save(paths[-1])
   return paths
 
 

@@ -71,6 +71,27 @@ def test_choose_picks_channels_whose_top_k_all_fire():
   assert channels == [1] and order.shape == (1, 1)
 
 
+def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image():
+  assert visualize.text("true 7\npredicted 7").shape[0] >= 2 * visualize.FONT_SIZE  # two lines at >= 15 px
+  images = np.zeros((3, 28, 28, 1), np.float32)
+  maps = {m: np.ones((3, 28, 28, 1), np.float32) for m in attribution.METHODS}
+  three = visualize.methods_figure(images, np.array([1, 2, 3]), np.array([1, 2, 4]), maps)
+  two = visualize.methods_figure(images[:2], np.array([1, 2]), np.array([1, 2]), {k: v[:2] for k, v in maps.items()})
+  assert three.width == two.width and three.height - two.height == 84 + visualize.GAP  # one row of 3x-zoomed cells more
+
+
+def test_top_activations_returns_every_image_with_its_label():
+  from deconv_jax import config as config_lib
+  from deconv_jax import data
+
+  source = data.get_source(config_lib.base().dataset, "validation")
+  model = models.CNN(features=(4,), dense=(8,), num_classes=10)
+  variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
+  images, labels, maxima = visualize.top_activations(model, variables, source, ["act1"], batch_size=128)
+  assert images.shape == (500, 28, 28, 1) and maxima["act1"].shape == (500, 4)
+  np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(500)])
+
+
 @pytest.fixture
 def trained(classifier_run):
   return classifier_run[0]
