@@ -58,14 +58,19 @@ class MetricWriter:
       self._tb.add_scalar(f"{split}/{name}", value, step)
     self._tb.flush()
 
-  def write_images(self, step: int, name: str, images_NHWC: np.ndarray) -> str | None:
-    """A grid of ``images`` (``[0, 1]``) to ``samples/{name}_{step:06d}.png`` and TensorBoard; returns the path."""
+  def write_images(self, step: int, name: str, images: np.ndarray) -> str | None:
+    """A grid of ``images`` (``[0, 1]``) to ``samples/{name}_{step:06d}.png`` and TensorBoard; returns the path.
+
+    ``images`` is ``[N, H, W, C]`` (8 a row) or laid out as ``[rows, cols, H, W, C]``.
+    """
     if not self._active:
       return None
     directory = os.path.join(self._workdir, "samples")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}_{step:06d}.png")
-    grid = image_grid(images_NHWC)
+    images = np.asarray(images)
+    cols = images.shape[1] if images.ndim == 5 else 8
+    grid = image_grid(images.reshape(-1, *images.shape[-3:]), cols)
     save_png(grid, path)
     self._tb.add_image(name, grid, step, dataformats="HWC")
     self._tb.flush()

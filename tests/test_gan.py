@@ -67,8 +67,12 @@ def test_steps_change_both_networks_and_stay_finite(generator):
       not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats))
     )
   images = gan.samples(new)
-  assert images.shape == (64, 28, 28, 1)
+  # One class per column when conditional (6 rows of the 10 classes), else 8 x 8.
+  assert images.shape == ((6, 10, 28, 28, 1) if config.generator.conditional else (8, 8, 28, 28, 1))
   assert float(images.min()) >= 0 and float(images.max()) <= 1
+  if config.generator.conditional:  # column k is class k: the same as generating class k directly
+    z = gan.sample_latents(new, 60)[3::10]
+    np.testing.assert_allclose(images[:, 3], gan.generate(new, z, jnp.full((6,), 3)), atol=1e-5)
 
 
 def test_discriminator_step_does_not_touch_the_generator_loss_inputs():

@@ -212,8 +212,16 @@ def sample_latents(state: GANState, n: int, seed: int = SAMPLE_SEED) -> jax.Arra
 
 
 def samples(state: GANState) -> jax.Array:
-  """The sample grid ``[64, H, W, C]`` in ``[0, 1]``: the same latents at every step (and classes in turn)."""
-  return generate(state, sample_latents(state, NUM_SAMPLES))
+  """The sample grid ``[R, K, H, W, C]`` in ``[0, 1]``, from the same latents at every step.
+
+  A conditional GAN over ``K`` classes draws class ``k`` in column ``k`` (``R = NUM_SAMPLES // K`` rows);
+  an unconditional one fills 8 x 8.
+  """
+  k = state.generator.num_classes
+  rows, cols = (max(1, NUM_SAMPLES // k), k) if k else (8, 8)
+  labels_N = jnp.tile(jnp.arange(cols), rows) if k else None
+  images = generate(state, sample_latents(state, rows * cols), labels_N)
+  return images.reshape(rows, cols, *images.shape[1:])
 
 
 def eval_step(state: GANState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:

@@ -1,0 +1,40 @@
+"""``metrics.jsonl`` records and sample grids: what a run leaves behind for people to read."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from deconv_jax.metric_writers import MetricWriter, image_grid
+
+
+def test_records_and_grids(tmp_path):
+  writer = MetricWriter(str(tmp_path))
+  writer.write(10, "train", {"loss": 0.5})
+  writer.write(10, "eval", {"accuracy": 0.75})
+  # A [rows, cols, H, W, C] layout keeps its columns (a conditional GAN: one class per column).
+  layout = np.zeros((2, 10, 4, 4, 1), np.float32)
+  layout[:, 3] = 1.0  # column 3 white
+  path = writer.write_images(7, "samples", layout)
+  flat = writer.write_images(8, "samples", np.ones((16, 4, 4, 1), np.float32))  # [N, ...]: 8 a row
+  writer.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert [json.loads(line) for line in f] == [
+      {"step": 10, "split": "train", "loss": 0.5},
+      {"step": 10, "split": "eval", "accuracy": 0.75},
+    ]
+  assert os.path.basename(path) == "samples_000007.png"
+  with Image.open(path) as image:
+    grid = np.asarray(image.convert("L"))
+  assert grid.shape == (2 * (2 * 4 + 1 * 2), 2 * (10 * 4 + 9 * 2))  # zoom 2, gaps of 2
+  cell = lambda r, c: grid[2 * r * 6 : 2 * r * 6 + 8, 2 * c * 6 : 2 * c * 6 + 8]
+  assert (cell(0, 3) == 255).all() and (cell(1, 3) == 255).all() and (cell(1, 4) == 0).all()
+  with Image.open(flat) as image:
+    assert image.size == (2 * (8 * 4 + 7 * 2), 2 * (2 * 4 + 2))
+
+
+def test_image_grid_pads_the_last_row_with_white():
+  grid = image_grid(np.zeros((3, 2, 2, 1)), cols=2, gap=1)
+  assert grid.shape == (5, 5, 3)
+  assert (grid[3:, 3:] == 255).all() and (grid[3:, :2] == 0).all()
