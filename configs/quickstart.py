@@ -2,9 +2,12 @@ r"""Quickstart: the default CNN on the embedded MNIST-5k (4,500 train / 500 vali
 
 The network is the classic one (Conv32-Pool-Conv64-Pool-Conv128-Pool-Dense512-Dense10);
 with only 4,500 training digits, random affine augmentation and a cosine learning
-rate take it from about 96.5% to over 97% on the real MNIST test set.
+rate take it from 97.07% (``configs/default.py``, the original's settings) to 98.06%
+on the real MNIST test set (10,000 images; README, "Measured figures"):
 
   python -m deconv_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
+  python -m deconv_jax.evaluate --workdir workdirs/quickstart \
+    --config.dataset.source=idx --config.dataset.data_dir=../shared/data/mnist --config.dataset.eval_split=test
 """
 
 from deconv_jax import config as config_lib
