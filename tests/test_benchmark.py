@@ -47,6 +47,21 @@ def test_max_pool_grad_benchmark_record():
   assert record.keys() >= PLATFORM_KEYS
 
 
+@pytest.mark.parametrize("wrt", ["kernel", "input"])
+def test_deconv3d_grad_benchmark_record(wrt):
+  record = benchmark.deconv3d_grad_benchmark(
+    wrt, batch=1, in_size=(2, 3, 2), in_channels=3, out_channels=2, kernel_size=3, calls=2, repeats=1
+  )
+  assert record["benchmark"] == f"deconv3d_{wrt}_grad"
+  assert record["input_shape"] == [1, 2, 3, 2, 3]
+  assert record["output_shape"] == [1, 4, 6, 4, 2]
+  assert record["kernel_shape"] == [3, 3, 3, 2, 3]
+  assert_positive_finite(record, ["lax_conv_transpose_ms", "ops_deconv_ms", "ratio", "devices"])
+  assert record["ratio"] == pytest.approx(record["lax_conv_transpose_ms"] / record["ops_deconv_ms"])
+  assert record["max_rel_diff"] <= 1e-4
+  assert record.keys() >= PLATFORM_KEYS
+
+
 def test_interleaved_samples_alternate():
   calls = []
   samples = benchmark._interleaved_ms([lambda: calls.append("a"), lambda: calls.append("b")], repeats=2, calls=1)

@@ -10,6 +10,7 @@ eager, so the eager path of ``deconv`` is exercised too.
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -854,7 +855,7 @@ def test_switches_on_ties():
 
 
 # ----------------------------------------------------------------------------
-# 11. Differentiable in the kernel too.
+# 11. Differentiable in the kernel too, forward and reverse.
 # ----------------------------------------------------------------------------
 
 
@@ -882,3 +883,55 @@ def test_kernel_grad_equals_lax_conv_transpose(cfg, seed):
     np.testing.assert_allclose(g, e, **TOL)
   np.testing.assert_allclose(tangent, expected_tangent, **TOL)
   del x
+
+
+@SETTINGS
+@given(conv_configs(), SEEDS)
+def test_conv_kernel_grad_is_the_conv_gradient(cfg, seed):
+  # conv_kernel_grad (3-D: folded into 2-D ones) against jax.grad of the conv in its kernel.
+  x, k, y = arrays(cfg, seed)
+  kw = cfg["kw"]
+
+  def both(x, k, y):
+    expected = jax.grad(lambda k: jnp.vdot(ops.conv(x, k, **kw), y))(k)
+    return ops.conv_kernel_grad(x, y, k.shape[: cfg["n"]], **kw), expected
+
+  ours, expected = jit_call(both, x, k, y)
+  assert ours.shape == k.shape
+  np.testing.assert_allclose(ours, expected, **TOL)
+
+
+@pytest.mark.parametrize("n", NDIMS)
+def test_kernel_gradient_is_no_input_dilated_convolution(n):
+  # d/dk <deconv(y, k), g> == d/dk <conv(g, k), y>: the program JAX hands XLA for the kernel gradient is the conv's
+  # kernel gradient (3-D: one 2-D one per depth offset), where differentiating lax.conv_transpose hands it an
+  # input-dilated (lhs_dilate = s) convolution, which XLA runs many times slower (see the benchmark).
+  y, k, ct = jnp.ones((2, *(3,) * n, 4)), jnp.ones((*(4,) * n, 2, 4)), jnp.ones((2, *(6,) * n, 2))
+  paths = {
+    "ops": lambda k, y: ops.deconv(y, k, strides=2),
+    "lax": lambda k, y: lax.conv_transpose(y, k, (2,) * n, "SAME", dimension_numbers=DNS[n], transpose_kernel=True),
+  }
+  hlo = {
+    name: jax.jit(jax.grad(lambda k, y, ct, f=f: jnp.vdot(f(k, y), ct))).lower(k, y, ct).as_text()
+    for name, f in paths.items()
+  }
+  input_dilated = re.compile(r"lhs_dilate = \[[\d, ]*2")
+  assert input_dilated.search(hlo["lax"])
+  assert not input_dilated.search(hlo["ops"])
+  assert hlo["ops"].count("stablehlo.convolution") == (4 if n == 3 else 1)
+
+
+def test_second_order_derivatives():
+  # grad of grad, and forward over reverse, through the custom derivative: equal to lax's.
+  y, k = randn(0, (1, 3, 3, 2)), randn(1, (3, 3, 2, 2))
+  paths = [
+    lambda k, y: ops.deconv2d(y, k, strides=2, padding=1, output_padding=1),
+    lambda k, y: lax.conv_transpose(y, k, (2, 2), ((1, 2), (1, 2)), dimension_numbers=DN, transpose_kernel=True),
+  ]
+  results = []
+  for f in paths:
+    loss = lambda k, y, f=f: jnp.sum(f(k, y) ** 3)
+    hvp = jax.jvp(jax.grad(loss), (k, y), (jnp.ones_like(k), jnp.zeros_like(y)))[1]
+    results.append((jax.grad(lambda k, loss=loss: jnp.sum(jax.grad(loss, 1)(k, y) ** 2))(k), hvp))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-3)
