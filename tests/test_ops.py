@@ -464,6 +464,24 @@ def test_gradients_equal_torch(cfg, seed):
   np.testing.assert_allclose(grads[1], y_grad, rtol=1e-4, atol=1e-3)
 
 
+@settings(SETTINGS, max_examples=20)
+@given(torch_configs(accepted_only=True), SEEDS)
+def test_from_torch_conv_transpose(cfg, seed):
+  # PyTorch's weight and arguments, as a ConvTranspose module stores them, through the documented conversion.
+  torch = pytest.importorskip("torch")
+  k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
+  n = cfg["n"]
+  weight = torch.from_numpy(np.asarray(k).transpose(n + 1, n, *range(n)).copy()).requires_grad_()
+  kernel, kw = ops.from_torch_conv_transpose(weight, **cfg["torch_kw"])
+  np.testing.assert_array_equal(kernel, k)
+  assert kw == {
+    "strides": cfg["torch_kw"]["stride"],
+    **{key: v for key, v in cfg["torch_kw"].items() if key != "stride"},
+  }
+  ours = jit_call(lambda y, kernel: ops.deconv(y, kernel, **kw), y, kernel)
+  np.testing.assert_allclose(ours, torch_conv_transpose(torch, cfg, k, y), **TOL)
+
+
 @settings(SETTINGS, max_examples=30)
 @given(torch_configs(max_hw=4, accepted_only=True), SEEDS)
 def test_equals_naive_pytorch_definition(cfg, seed):
