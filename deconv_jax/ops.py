@@ -575,40 +575,69 @@ def conv_matrix(
 def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None) -> jax.Array:
   """Max pooling with VALID padding, ``[N, H, W, C] -> [N, H // p, W // p, C]`` for p = window = stride.
 
-  Non-overlapping windows (the common case) are pooled by reshape-and-max: the
-  same values as ``lax.reduce_window``, but its gradient is a cheap
-  compare-and-select instead of XLA's select-and-scatter (5-6x faster on XLA:CPU:
-  ``python -m deconv_jax.benchmark --only=max_pool_grad``). Trailing rows/columns
-  that fill no window are dropped, as with VALID.
-  Overlapping windows fall back to ``lax.reduce_window``.
+  Its derivative routes each window's signal through one *switch* (Zeiler & Fergus): the
+  window's first maximum in row-major order, as PyTorch's ``max_pool2d`` gradient does,
+  ties included (an all-zero window after a ReLU sends everything to its first position).
+  `max_pool_switches` returns the same switches.
+
+  Non-overlapping windows (the common case) are pooled by reshape-and-max, with that
+  derivative written as a custom JVP (select the tangent at the switch; its transpose is a
+  compare-and-select): the same values and gradient as ``lax.reduce_window``, without XLA's
+  select-and-scatter (several times faster on XLA:CPU:
+  ``python -m deconv_jax.benchmark --only=max_pool_grad``). Trailing rows/columns that fill
+  no window are dropped, as with VALID. Overlapping windows use ``lax.reduce_window``, whose
+  select-and-scatter keeps the first maximum too.
   """
   window = as_pair(window, "window")
   strides = window if strides is None else as_pair(strides, "strides")
-  n, h, w, c = x.shape
+  h, w = x.shape[1:3]
   if h < window[0] or w < window[1]:
     raise ValueError(f"max_pool window {window} is larger than the {h}x{w} input")
   if strides == window:
     (ph, pw) = window
     ho, wo = h // ph, w // pw
-    x = x[:, : ho * ph, : wo * pw]
-    return x.reshape(n, ho, ph, wo, pw, c).max(axis=(2, 4))
+    return _max_pool_blocks(x[:, : ho * ph, : wo * pw], window)
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), "VALID")
+
+
+def _blocks(x: jax.Array, window: Pair) -> jax.Array:
+  """``[N, h * ph, w * pw, C] -> [N, h, ph, w, pw, C]``: each window on axes 2 and 4."""
+  n, hh, ww, c = x.shape
+  return x.reshape(n, hh // window[0], window[0], ww // window[1], window[1], c)
+
+
+def _first_max(blocks: jax.Array, window: Pair) -> jax.Array:
+  """Boolean ``[N, h, ph, w, pw, C]``: True at each window's first maximum in row-major order (its switch)."""
+  ph, pw = window
+  position = (jnp.arange(ph)[:, None, None] * pw + jnp.arange(pw)[None, :, None]).reshape(1, 1, ph, 1, pw, 1)
+  is_max = blocks == blocks.max(axis=(2, 4), keepdims=True)
+  first = jnp.where(is_max, position, ph * pw).min(axis=(2, 4), keepdims=True)
+  return position == first
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_pool_blocks(x: jax.Array, window: Pair) -> jax.Array:
+  """Max of each non-overlapping window: ``[N, h * ph, w * pw, C] -> [N, h, w, C]``."""
+  return _blocks(x, window).max(axis=(2, 4))
+
+
+@_max_pool_blocks.defjvp
+def _max_pool_blocks_jvp(window, primals, tangents):
+  # jnp.max's own derivative splits the signal evenly among tied maxima; the switch takes one.
+  (x,), (dx,) = primals, tangents
+  blocks = _blocks(x, window)
+  switch = _first_max(blocks, window)
+  return blocks.max(axis=(2, 4)), jnp.where(switch, _blocks(dx, window), 0).sum(axis=(2, 4))
 
 
 def max_pool_switches(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None) -> jax.Array:
   """Zeiler & Fergus's "switches": where each pooling window's maximum came from, as `max_pool` routes it.
 
-  x ``[N, H, W, C]`` -> routing weights ``[N, h, w, C, kh, kw]`` (``h, w`` = `max_pool_output_shape`),
-  each window's weights summing to 1. `unpool_with_switches` with these weights is exactly
-  the VJP of ``max_pool(x, window, strides)``, ties included:
-
-  * non-overlapping windows (``strides == window``, the reshape-and-max path): the weight
-    is split evenly among the window's tied maxima, as the VJP of ``jnp.max`` does;
-  * overlapping windows (the ``lax.reduce_window`` path): all weight goes to the first
-    maximum in row-major window order, as XLA's select-and-scatter does.
-
-  With continuous inputs ties have probability zero; after a ReLU they are common (an
-  all-zero window), and there the two rules differ.
+  x ``[N, H, W, C]`` -> one-hot routing weights ``[N, h, w, C, kh, kw]`` (``h, w`` = `max_pool_output_shape`):
+  1 at the window's first maximum in row-major window order, 0 elsewhere, for overlapping and
+  non-overlapping windows alike. `unpool_with_switches` with these weights is exactly the VJP of
+  ``max_pool(x, window, strides)``, and PyTorch's ``max_pool2d`` gradient, ties included. With
+  continuous inputs ties have probability zero; after a ReLU they are common (an all-zero window).
   """
   window = as_pair(window, "window")
   strides = window if strides is None else as_pair(strides, "strides")
@@ -617,12 +646,8 @@ def max_pool_switches(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | 
   patches = jnp.stack(
     [x[:, a : a + sh * (h - 1) + 1 : sh, b : b + sw * (w - 1) + 1 : sw] for a in range(kh) for b in range(kw)], axis=-1
   )  # [N, h, w, C, kh * kw]
-  if strides == window:
-    is_max = patches == patches.max(axis=-1, keepdims=True)
-    weights = is_max / is_max.sum(axis=-1, keepdims=True)
-  else:
-    weights = jax.nn.one_hot(jnp.argmax(patches, axis=-1), kh * kw, dtype=x.dtype)
-  return weights.astype(x.dtype).reshape(*weights.shape[:-1], kh, kw)
+  weights = jax.nn.one_hot(jnp.argmax(patches, axis=-1), kh * kw, dtype=x.dtype)  # argmax: the first maximum
+  return weights.reshape(*weights.shape[:-1], kh, kw)
 
 
 def unpool_with_switches(

@@ -857,19 +857,68 @@ def test_unpool_with_switches_is_the_max_pool_vjp(case, seed, values):
 
 
 def test_switches_on_ties():
-  # One window with maxima at (0, 0), (0, 1) and (1, 1).
+  # One window with maxima at (0, 0), (0, 1) and (1, 1): all of it goes to the first in row-major order, (0, 0).
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
-  # Non-overlapping windows (reshape-and-max): the value is split evenly among the tied maxima.
-  even = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
-  np.testing.assert_allclose(even[0, ..., 0], [[1 / 3, 1 / 3], [0, 1 / 3]], rtol=1e-6)
-  # Overlapping windows (reduce_window): all of it goes to the first maximum in row-major order.
+  first = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
+  np.testing.assert_array_equal(first[0, ..., 0], [[1, 0], [0, 0]])
+  # An all-zero window (after a ReLU): its first position.
+  zeros = ops.unpool_with_switches(
+    jnp.full((1, 1, 1, 1), 5.0), ops.max_pool_switches(jnp.zeros((1, 2, 2, 1)), 2), (2, 2)
+  )
+  np.testing.assert_array_equal(zeros[0, ..., 0], [[5, 0], [0, 0]])
+  # Overlapping windows (reduce_window): the same rule.
   x = jnp.array([[0.0, 2.0, 2.0], [2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]).reshape(1, 3, 3, 1)
   switches = ops.max_pool_switches(x, 2, 1)
-  first = ops.unpool_with_switches(jnp.ones((1, 2, 2, 1)), switches, (3, 3), 1)
+  overlapping = ops.unpool_with_switches(jnp.ones((1, 2, 2, 1)), switches, (3, 3), 1)
   # Windows at (0, 0) and (0, 1) both pick x[0, 1]; (1, 0) picks x[1, 0]; (1, 1) picks x[1, 2].
-  np.testing.assert_array_equal(first[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
-  for values, pooled in [(even, 1), (first, 4)]:  # nothing lost, nothing made
+  np.testing.assert_array_equal(overlapping[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
+  for values, pooled in [(first, 1), (zeros, 5), (overlapping, 4)]:  # nothing lost, nothing made
     assert float(values.sum()) == pytest.approx(pooled)
+
+
+def tied(seed, shape, kind):
+  """Inputs with ties on purpose: ReLU outputs (all-zero windows), few distinct values, or all zeros."""
+  rng = np.random.default_rng(seed)
+  values = {
+    "relu": lambda: np.maximum(rng.standard_normal(shape) - 0.5, 0),
+    "few_values": lambda: rng.integers(0, 3, shape),
+    "zeros": lambda: np.zeros(shape),
+  }[kind]()
+  return jnp.asarray(values.astype(np.float32))
+
+
+@settings(SETTINGS, max_examples=40)
+@given(pool_cases(), SEEDS, st.sampled_from(["relu", "few_values", "zeros"]))
+def test_max_pool_gradient_equals_torch_with_ties(case, seed, kind):
+  # PyTorch's max_pool2d gradient sends each window's signal to its first maximum in row-major order; so do ours
+  # (reshape-and-max and reduce_window) and the unpooling with our switches. Forward mode takes the same switch.
+  torch = pytest.importorskip("torch")
+  window, strides, wp, sp, shape = case
+  x = tied(seed, shape, kind)
+  ct = randn(seed + 1, (shape[0], *ops.max_pool_output_shape(shape[1:3], window, strides), shape[3]))
+
+  def ours(x, ct):
+    pool = lambda v: ops.max_pool(v, window, strides)
+    grad = jax.vjp(pool, x)[1](ct)[0]
+    unpooled = ops.unpool_with_switches(ct, ops.max_pool_switches(x, window, strides), x.shape[1:3], strides)
+    reference = jax.vjp(lambda v: reduce_window_max(v, wp, sp), x)[1](ct)[0]
+    dx = jnp.cos(x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape))  # a tangent with distinct values
+    return (
+      grad,
+      unpooled,
+      reference,
+      jax.jvp(pool, (x,), (dx,))[1],
+      jax.jvp(lambda v: reduce_window_max(v, wp, sp), (x,), (dx,))[1],
+    )
+
+  grad, unpooled, reference, tangent, reference_tangent = jit_call(ours, x, ct)
+  x_t = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+  pooled = torch.nn.functional.max_pool2d(x_t, wp, sp)
+  (pooled * torch.from_numpy(np.asarray(ct).transpose(0, 3, 1, 2).copy())).sum().backward()
+  expected = x_t.grad.numpy().transpose(0, 2, 3, 1)
+  for got in (grad, unpooled, reference):
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(tangent, reference_tangent, rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------
