@@ -15,11 +15,11 @@ Five benchmarks (``--only`` picks among them):
   of ``lax.conv_transpose(..., transpose_kernel=True)`` (what flax
   ``ConvTranspose`` uses) against that through `ops.deconv2d` for the same map;
   the input gradient of ``lax.reduce_window`` max-pool against that of
-  `ops.max_pool`; the kernel and input gradients of a 3-D transposed conv,
-  ``lax.conv_transpose`` against `ops.deconv`. Both variants are checked to give
-  the same gradient, then timed alternately (A, B, A, B, ...) so that the
-  machine's noise hits both alike; ``ratio`` is ``median(A) / median(B)`` (> 1:
-  the `ops` path is faster).
+  `ops.max_pool` (and of plain reshape-and-max, which splits ties); the kernel
+  and input gradients of a 3-D transposed conv, ``lax.conv_transpose`` against
+  `ops.deconv`. Both variants are checked to give the same gradient, then timed
+  alternately (A, B, A, B, ...) so that the machine's noise hits both alike;
+  ``ratio`` is ``median(A) / median(B)`` (> 1: the `ops` path is faster).
 
 Every record carries ``backend`` and ``devices``. Example::
 
@@ -272,11 +272,16 @@ def max_pool_grad_benchmark(
   """Input gradient of a ``window`` x ``window`` / stride ``window`` VALID max-pool of a ``shape`` (NHWC) map.
 
   A: ``lax.reduce_window(x, -inf, lax.max, ...)`` (select-and-scatter gradient);
-  B: `ops.max_pool` (reshape-and-max). The gradient is that of ``<pool(x), ct>`` in ``x``, both jitted.
+  B: `ops.max_pool` (reshape-and-max, one switch per window). The gradient is that of ``<pool(x), ct>`` in
+  ``x``, all jitted. Also timed in the same rotation: reshape-and-max with ``jnp.max``'s own gradient, which
+  splits the signal among tied maxima (``reshape_max_even_split_ms``; ``ratio_vs_even_split`` is its median
+  over B's). ``x`` is normal noise, without ties, so all three compute the same gradient and are checked to.
   """
   kx, kc = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, shape, jnp.float32)
   ct = jax.random.normal(kc, (shape[0], *ops.max_pool_output_shape(shape[1:3], window), shape[3]), jnp.float32)
+  n, h, w, c = shape
+  ho, wo = h // window, w // window
 
   def reduce_window_path(x: jax.Array) -> jax.Array:
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, window, window, 1), "VALID")
@@ -284,18 +289,27 @@ def max_pool_grad_benchmark(
   def ops_path(x: jax.Array) -> jax.Array:
     return ops.max_pool(x, window)
 
-  grad_a, grad_b = _jit_vdot_grad(reduce_window_path), _jit_vdot_grad(ops_path)
+  def even_split_path(x: jax.Array) -> jax.Array:
+    return x[:, : ho * window, : wo * window].reshape(n, ho, window, wo, window, c).max(axis=(2, 4))
+
+  grad_a, grad_b, grad_c = (_jit_vdot_grad(f) for f in (reduce_window_path, ops_path, even_split_path))
   rel = _check_same("max_pool_grad", grad_a(x, ct), grad_b(x, ct))
-  samples = _interleaved_ms([lambda: grad_a(x, ct), lambda: grad_b(x, ct)], repeats=repeats, calls=calls)
-  return _pair_record(
+  _check_same("max_pool_grad (even split)", grad_c(x, ct), grad_b(x, ct))
+  samples = _interleaved_ms(
+    [lambda: grad_a(x, ct), lambda: grad_b(x, ct), lambda: grad_c(x, ct)], repeats=repeats, calls=calls
+  )
+  record = _pair_record(
     "max_pool_grad",
     ("reduce_window", "ops_max_pool"),
-    samples,
+    samples[:2],
     rel,
     calls,
     input_shape=list(shape),
     window=window,
   )
+  record["reshape_max_even_split_ms"] = statistics.median(samples[2])
+  record["ratio_vs_even_split"] = record["reshape_max_even_split_ms"] / record["ops_max_pool_ms"]
+  return record
 
 
 def run_benchmarks(

@@ -42,7 +42,10 @@ def test_deconv_kernel_grad_benchmark_record():
 def test_max_pool_grad_benchmark_record():
   record = benchmark.max_pool_grad_benchmark(shape=(2, 6, 6, 3), calls=2, repeats=1)
   assert record["benchmark"] == "max_pool_grad"
-  assert_positive_finite(record, ["reduce_window_ms", "ops_max_pool_ms", "ratio", "devices"])
+  assert_positive_finite(
+    record, ["reduce_window_ms", "ops_max_pool_ms", "reshape_max_even_split_ms", "ratio", "ratio_vs_even_split"]
+  )
+  assert record["ratio_vs_even_split"] == pytest.approx(record["reshape_max_even_split_ms"] / record["ops_max_pool_ms"])
   assert record["max_rel_diff"] <= 1e-4
   assert record.keys() >= PLATFORM_KEYS
 
