@@ -40,13 +40,13 @@ a dilated one that it runs many times slower.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -561,7 +561,7 @@ def conv_matrix(
   """
   n = _spatial_axes(kernel)
   shape = tuple(input_shape[-(n + 1) :])
-  size = int(np.prod(shape))
+  size = math.prod(shape)
   basis = jnp.eye(size, dtype=kernel.dtype).reshape(size, *shape)
   columns = conv(basis, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups)
   return columns.reshape(size, -1).T
