@@ -3,9 +3,11 @@
 Zeiler & Fergus's deconvnet projects an activation back to pixels through the
 network's own filters, transposed. That is not a second network: the transposed
 filters are the VJP of the convolutions (`ops.deconv2d`), and unpooling with
-switches is the VJP of max pooling (`ops.unpool_with_switches`). The three methods
-run the same `jax.vjp` and differ only in how the backward signal ``g`` crosses a
-ReLU whose input was ``x``:
+switches is the VJP of max pooling (`ops.unpool_with_switches`): one switch per
+window, its first maximum in row-major order, ties included, so saliency is
+PyTorch's gradient and the deconvnet PyTorch's (captum's) on the same weights.
+The three methods run the same `jax.vjp` and differ only in how the backward
+signal ``g`` crosses a ReLU whose input was ``x``:
 
 =================  ==========================  ==============================
 method             backward rule               source

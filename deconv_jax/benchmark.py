@@ -1,6 +1,6 @@
 r"""Measured speed: ``python -m deconv_jax.benchmark`` prints one JSON object per line on stdout.
 
-Three benchmarks (``--only`` picks among them):
+Five benchmarks (``--only`` picks among them):
 
 - ``train_step``: the classifier's train step (the model and optimizer of
   ``--config``, by default `config.base()`: the default CNN with Adam) on
@@ -9,14 +9,17 @@ Three benchmarks (``--only`` picks among them):
   and steps/s (the median over ``--repeats`` runs of ``--steps`` chained steps,
   after warm-up) and the compile time (``jit(...).lower(...).compile()``,
   tracing included). No input pipeline: the batch is already on the device.
-- ``deconv_kernel_grad`` and ``max_pool_grad``: the claims of DESIGN.md "One
-  place for each primitive", each pair measured side by side in one run. The
-  kernel gradient of ``lax.conv_transpose(..., transpose_kernel=True)`` (what
-  flax ``ConvTranspose`` uses) against that through `ops.deconv2d` for the same
-  map, and the input gradient of ``lax.reduce_window`` max-pool against that of
-  `ops.max_pool`. Both variants are checked to give the same gradient, then
-  timed alternately (A, B, A, B, ...) so that the machine's noise hits both
-  alike; ``ratio`` is ``median(A) / median(B)`` (> 1: the `ops` path is faster).
+- ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
+  ``deconv3d_input_grad``: the claims of DESIGN.md "One place for each
+  primitive", each pair measured side by side in one run. The kernel gradient
+  of ``lax.conv_transpose(..., transpose_kernel=True)`` (what flax
+  ``ConvTranspose`` uses) against that through `ops.deconv2d` for the same map;
+  the input gradient of ``lax.reduce_window`` max-pool against that of
+  `ops.max_pool` (and of plain reshape-and-max, which splits ties); the kernel
+  and input gradients of a 3-D transposed conv, ``lax.conv_transpose`` against
+  `ops.deconv`. Both variants are checked to give the same gradient, then timed
+  alternately (A, B, A, B, ...) so that the machine's noise hits both alike;
+  ``ratio`` is ``median(A) / median(B)`` (> 1: the `ops` path is faster).
 
 Every record carries ``backend`` and ``devices``. Example::
 
@@ -45,7 +48,7 @@ from deconv_jax import cli, ops, tasks
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import classifier
 
-BENCHMARKS = ("train_step", "deconv_kernel_grad", "max_pool_grad")
+BENCHMARKS = ("train_step", "deconv_kernel_grad", "max_pool_grad", "deconv3d_kernel_grad", "deconv3d_input_grad")
 
 
 def _platform() -> dict[str, Any]:
@@ -170,6 +173,44 @@ def train_step_benchmark(
 # ----------------------------------------------------------------------------
 
 
+def _deconv_grad_pair(
+  wrt: str,
+  n: int,
+  batch: int,
+  in_size: Sequence[int],
+  in_channels: int,
+  out_channels: int,
+  kernel_size: int,
+  strides: int,
+  calls: int,
+  repeats: int,
+) -> tuple[list[list[float]], float, dict[str, Any]]:
+  """Times the ``wrt`` ("kernel" or "input") gradient of ``<deconv(y, k), ct>``: lax.conv_transpose, then ops.deconv.
+
+  A "SAME" transposed conv ``[batch, *in_size, in_channels] -> [batch, *(in_size * strides), out_channels]``, ``n``
+  spatial axes; ``k`` is the forward conv's kernel ``[*(kernel_size,) * n, out_channels, in_channels]`` in both.
+  """
+  ky, kk, kc = jax.random.split(jax.random.key(0), 3)
+  y = jax.random.normal(ky, (batch, *in_size, in_channels), jnp.float32)
+  kernel = jax.random.normal(kk, ((kernel_size,) * n + (out_channels, in_channels)), jnp.float32)
+  ct = jax.random.normal(kc, (batch, *(size * strides for size in in_size), out_channels), jnp.float32)
+  dimension_numbers = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}[n]
+
+  def lax_path(k: jax.Array, y: jax.Array) -> jax.Array:
+    return lax.conv_transpose(y, k, (strides,) * n, "SAME", dimension_numbers=dimension_numbers, transpose_kernel=True)
+
+  def ops_path(k: jax.Array, y: jax.Array) -> jax.Array:
+    return ops.deconv(y, k, strides=strides, padding="SAME")
+
+  args = (kernel, y, ct) if wrt == "kernel" else (y, kernel, ct)
+  paths = [f if wrt == "kernel" else (lambda y, k, f=f: f(k, y)) for f in (lax_path, ops_path)]
+  grad_a, grad_b = (_jit_vdot_grad(f) for f in paths)
+  rel = _check_same(f"deconv{n}d_{wrt}_grad", grad_a(*args), grad_b(*args))
+  samples = _interleaved_ms([lambda: grad_a(*args), lambda: grad_b(*args)], repeats=repeats, calls=calls)
+  shapes = {"input_shape": list(y.shape), "output_shape": list(ct.shape), "kernel_shape": list(kernel.shape)}
+  return samples, rel, shapes
+
+
 def deconv_kernel_grad_benchmark(
   *,
   batch: int = 32,
@@ -188,35 +229,40 @@ def deconv_kernel_grad_benchmark(
   HWIO kernel ``[kernel_size, kernel_size, out_channels, in_channels]`` in both,
   the gradient that of ``<deconv(y, k), ct>`` in ``k``, both jitted.
   """
-  ky, kk, kc = jax.random.split(jax.random.key(0), 3)
-  y = jax.random.normal(ky, (batch, *in_hw, in_channels), jnp.float32)
-  kernel = jax.random.normal(kk, (kernel_size, kernel_size, out_channels, in_channels), jnp.float32)
-  out_hw = tuple(n * strides for n in in_hw)
-  ct = jax.random.normal(kc, (batch, *out_hw, out_channels), jnp.float32)
-
-  def lax_path(k: jax.Array, y: jax.Array) -> jax.Array:
-    return lax.conv_transpose(
-      y, k, (strides, strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True
-    )
-
-  def ops_path(k: jax.Array, y: jax.Array) -> jax.Array:
-    return ops.deconv2d(y, k, strides=strides, padding="SAME")
-
-  grad_a, grad_b = _jit_vdot_grad(lax_path), _jit_vdot_grad(ops_path)
-  rel = _check_same("deconv_kernel_grad", grad_a(kernel, y, ct), grad_b(kernel, y, ct))
-  samples = _interleaved_ms(
-    [lambda: grad_a(kernel, y, ct), lambda: grad_b(kernel, y, ct)], repeats=repeats, calls=calls
+  samples, rel, shapes = _deconv_grad_pair(
+    "kernel", 2, batch, in_hw, in_channels, out_channels, kernel_size, strides, calls, repeats
   )
   return _pair_record(
-    "deconv_kernel_grad",
-    ("lax_conv_transpose", "ops_deconv2d"),
-    samples,
-    rel,
-    calls,
-    input_shape=list(y.shape),
-    output_shape=list(ct.shape),
-    kernel_shape=list(kernel.shape),
-    strides=strides,
+    "deconv_kernel_grad", ("lax_conv_transpose", "ops_deconv2d"), samples, rel, calls, **shapes, strides=strides
+  )
+
+
+def deconv3d_grad_benchmark(
+  wrt: str = "kernel",
+  *,
+  batch: int = 8,
+  in_size: tuple[int, int, int] = (8, 8, 8),
+  in_channels: int = 32,
+  out_channels: int = 16,
+  kernel_size: int = 4,
+  strides: int = 2,
+  calls: int = 20,
+  repeats: int = 5,
+) -> dict[str, Any]:
+  """Kernel (``wrt="kernel"``) or input (``"input"``) gradient of a "SAME" 3-D transposed conv, by default
+  ``[8, 8, 8, 8, 32] -> [8, 16, 16, 16, 16]``, kernel 4, stride 2.
+
+  A: ``lax.conv_transpose(y, k, transpose_kernel=True)``; B: `ops.deconv` (the VJP of `ops.conv`, whose own kernel
+  gradient is the conv's, `ops.conv_kernel_grad`). ``k`` is the forward conv's DHWIO kernel
+  ``[kernel_size] * 3 + [out_channels, in_channels]`` in both, the gradient that of ``<deconv(y, k), ct>``, jitted.
+  """
+  if wrt not in ("kernel", "input"):
+    raise ValueError(f"wrt must be 'kernel' or 'input', got {wrt!r}")
+  samples, rel, shapes = _deconv_grad_pair(
+    wrt, 3, batch, in_size, in_channels, out_channels, kernel_size, strides, calls, repeats
+  )
+  return _pair_record(
+    f"deconv3d_{wrt}_grad", ("lax_conv_transpose", "ops_deconv"), samples, rel, calls, **shapes, strides=strides
   )
 
 
@@ -226,11 +272,16 @@ def max_pool_grad_benchmark(
   """Input gradient of a ``window`` x ``window`` / stride ``window`` VALID max-pool of a ``shape`` (NHWC) map.
 
   A: ``lax.reduce_window(x, -inf, lax.max, ...)`` (select-and-scatter gradient);
-  B: `ops.max_pool` (reshape-and-max). The gradient is that of ``<pool(x), ct>`` in ``x``, both jitted.
+  B: `ops.max_pool` (reshape-and-max, one switch per window). The gradient is that of ``<pool(x), ct>`` in
+  ``x``, all jitted. Also timed in the same rotation: reshape-and-max with ``jnp.max``'s own gradient, which
+  splits the signal among tied maxima (``reshape_max_even_split_ms``; ``ratio_vs_even_split`` is its median
+  over B's). ``x`` is normal noise, without ties, so all three compute the same gradient and are checked to.
   """
   kx, kc = jax.random.split(jax.random.key(0))
   x = jax.random.normal(kx, shape, jnp.float32)
   ct = jax.random.normal(kc, (shape[0], *ops.max_pool_output_shape(shape[1:3], window), shape[3]), jnp.float32)
+  n, h, w, c = shape
+  ho, wo = h // window, w // window
 
   def reduce_window_path(x: jax.Array) -> jax.Array:
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, window, window, 1), "VALID")
@@ -238,18 +289,27 @@ def max_pool_grad_benchmark(
   def ops_path(x: jax.Array) -> jax.Array:
     return ops.max_pool(x, window)
 
-  grad_a, grad_b = _jit_vdot_grad(reduce_window_path), _jit_vdot_grad(ops_path)
+  def even_split_path(x: jax.Array) -> jax.Array:
+    return x[:, : ho * window, : wo * window].reshape(n, ho, window, wo, window, c).max(axis=(2, 4))
+
+  grad_a, grad_b, grad_c = (_jit_vdot_grad(f) for f in (reduce_window_path, ops_path, even_split_path))
   rel = _check_same("max_pool_grad", grad_a(x, ct), grad_b(x, ct))
-  samples = _interleaved_ms([lambda: grad_a(x, ct), lambda: grad_b(x, ct)], repeats=repeats, calls=calls)
-  return _pair_record(
+  _check_same("max_pool_grad (even split)", grad_c(x, ct), grad_b(x, ct))
+  samples = _interleaved_ms(
+    [lambda: grad_a(x, ct), lambda: grad_b(x, ct), lambda: grad_c(x, ct)], repeats=repeats, calls=calls
+  )
+  record = _pair_record(
     "max_pool_grad",
     ("reduce_window", "ops_max_pool"),
-    samples,
+    samples[:2],
     rel,
     calls,
     input_shape=list(shape),
     window=window,
   )
+  record["reshape_max_even_split_ms"] = statistics.median(samples[2])
+  record["ratio_vs_even_split"] = record["reshape_max_even_split_ms"] / record["ops_max_pool_ms"]
+  return record
 
 
 def run_benchmarks(
@@ -276,6 +336,9 @@ def run_benchmarks(
     add(deconv_kernel_grad_benchmark(calls=steps, repeats=repeats))
   if "max_pool_grad" in only:
     add(max_pool_grad_benchmark(calls=steps, repeats=repeats))
+  for wrt in ("kernel", "input"):
+    if f"deconv3d_{wrt}_grad" in only:
+      add(deconv3d_grad_benchmark(wrt, calls=steps, repeats=repeats))
   return records
 
 

@@ -28,7 +28,10 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class Conv(nn.Module):
-  """``y = conv2d(x, kernel) + bias``; x ``[N, H, W, Cin]``, kernel ``[kh, kw, Cin // groups, features]``."""
+  """``y = conv(x, kernel) + bias``; x ``[N, *spatial, Cin]``, kernel ``[*kernel_size, Cin // groups, features]``.
+
+  1 to 3 spatial axes; ``kernel_size`` is an int or one size per axis. In 2-D the kernel is HWIO.
+  """
 
   features: int
   kernel_size: ops.IntOrPair = 3
@@ -42,27 +45,28 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kh, kw = ops.as_pair(self.kernel_size, "kernel_size")
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1] // self.groups, self.features))
-    y = ops.conv2d(x, kernel, strides=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
+    kernel_size = ops.as_tuple(self.kernel_size, x.ndim - 2, "kernel_size")
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, x.shape[-1] // self.groups, self.features))
+    y = ops.conv(x, kernel, strides=self.strides, padding=self.padding, dilation=self.dilation, groups=self.groups)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,))
     return y
 
 
 class Deconv(nn.Module):
-  """Transposed convolution ``x = deconv2d(y, kernel) + bias``, the adjoint of `Conv`.
+  """Transposed convolution ``x = deconv(y, kernel) + bias``, the adjoint of `Conv`, with 1 to 3 spatial axes.
 
-  The parameter ``kernel`` is the *forward* conv's HWIO kernel
-  ``[kh, kw, features // groups, Cin]`` (``features`` = this layer's output
+  The parameter ``kernel`` is the *forward* conv's kernel
+  ``[*kernel_size, features // groups, Cin]`` (HWIO in 2-D; ``features`` = this layer's output
   channels, ``Cin`` = its input channels), so ``Deconv`` with the kernel of a
   ``Conv(features=Cin)`` on ``features``-channel inputs is that conv's exact adjoint.
   The default init scales by the deconv's fan-in ``kh * kw * Cin``, as flax
   ``ConvTranspose`` does.
 
   y ``[N, h, w, Cin]`` -> ``[N, H, W, features]``, ``H = h * s`` for ``"SAME"``,
-  else the PyTorch formula with ``output_padding`` (see `ops.deconv2d`); call with
-  ``output_shape=(H, W)`` to pick another of the valid sizes.
+  else the PyTorch formula with ``output_padding`` (see `ops.deconv`); call with
+  ``output_shape=(H, W)`` to pick another of the valid sizes. `from_torch` takes a
+  ``torch.nn.ConvTranspose{1,2,3}d`` as it is.
   """
 
   features: int
@@ -78,9 +82,9 @@ class Deconv(nn.Module):
 
   @nn.compact
   def __call__(self, y: jax.Array, output_shape: Sequence[int] | None = None) -> jax.Array:
-    kh, kw = ops.as_pair(self.kernel_size, "kernel_size")
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, self.features // self.groups, y.shape[-1]))
-    x = ops.deconv2d(
+    kernel_size = ops.as_tuple(self.kernel_size, y.ndim - 2, "kernel_size")
+    kernel = self.param("kernel", self.kernel_init, (*kernel_size, self.features // self.groups, y.shape[-1]))
+    x = ops.deconv(
       y,
       kernel,
       strides=self.strides,
@@ -93,6 +97,37 @@ class Deconv(nn.Module):
     if self.use_bias:
       x = x + self.param("bias", self.bias_init, (self.features,))
     return x
+
+  @classmethod
+  def from_torch(cls, module: Any) -> tuple[Deconv, dict[str, Any]]:
+    """A ``torch.nn.ConvTranspose{1,2,3}d`` as ``(layer, variables)``, computing the same map channels-last.
+
+    ``layer.apply(variables, y)`` equals ``module(y moved to channels-first)`` moved to channels-last, and
+    ``layer.apply(variables, y, output_shape=s)`` equals ``module(..., output_size=s)``. The weight
+    ``[Cin, features // groups, *kernel_size]`` becomes the forward kernel (`ops.from_torch_conv_transpose`);
+    stride, padding, output_padding, dilation, groups and the bias carry over. Only ``padding_mode="zeros"``
+    exists for PyTorch's transposed convs.
+    """
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+      raise ValueError(f"module.padding_mode must be 'zeros' for a transposed conv, got {module.padding_mode!r}")
+    kernel, kw = ops.from_torch_conv_transpose(
+      module.weight,
+      stride=tuple(module.stride),
+      padding=tuple(module.padding),
+      output_padding=tuple(module.output_padding),
+      groups=module.groups,
+      dilation=tuple(module.dilation),
+    )
+    layer = cls(
+      features=kernel.shape[-2] * kw["groups"],
+      kernel_size=tuple(kernel.shape[:-2]),
+      use_bias=module.bias is not None,
+      **kw,
+    )
+    params = {"kernel": kernel}
+    if module.bias is not None:
+      params["bias"] = jnp.asarray(module.bias.detach().cpu().numpy())
+    return layer, {"params": params}
 
 
 class CNN(nn.Module):

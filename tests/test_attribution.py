@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deconv_jax import attribution, models
+from deconv_jax import attribution, models, ops
 
 
 class OneConv(nn.Module):
@@ -48,6 +48,17 @@ class ReluFirst(nn.Module):
     h = self.activation(x - 0.5)
     h = self.activation(models.Conv(4, 3, name="conv")(h))
     return nn.Dense(3, name="dense")(h.reshape(h.shape[0], -1))
+
+
+class TinyPool(nn.Module):
+  """4x4 input -> 1x1 conv (1 channel) -> ReLU -> 2x2 max-pool -> Dense(1): a pooling layer to compute by hand."""
+
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    h = ops.max_pool(self.activation(models.Conv(1, 1, padding="VALID", name="conv")(x)), 2)
+    return nn.Dense(1, name="dense")(h.reshape(h.shape[0], -1))
 
 
 def small_cnn(pool=2, activation=nn.relu):
@@ -239,6 +250,96 @@ def test_hand_computed_tiny_network():
   for (k, method), want in expected.items():
     got = attribution.attribute(model, variables, x, attribution.logit(k), method)
     np.testing.assert_allclose(got[0, ..., 0], np.asarray(want, np.float32), err_msg=f"output {k}, {method}")
+
+
+def test_hand_computed_network_with_tied_pooling_windows():
+  # The 1x1 conv is x - 0.5, so after the ReLU the four 2x2 windows are
+  #   top-left [[.5, .5], [0, .5]]: a maximum repeated three times;  top-right: all zero;
+  #   bottom-left [[1.5, 0], [0, 1.5]]: repeated;                    bottom-right [[2.5, .5], [.5, 2.5]]: repeated.
+  # Pooled [.5, 0, 1.5, 2.5]; dense [1, 2, 2, 3]: the output is .5 + 0 + 3 + 7.5 = 11.
+  # Each window's switch is its first maximum in row-major order: (0, 0), (0, 2), (2, 0), (2, 2). The signal there
+  # is the dense weight. Saliency and guided backprop mask it with the ReLU, which is inactive at (0, 2) (x = 0);
+  # the deconvnet does not, so the all-zero window still sends its 2 to its first pixel. Splitting ties evenly
+  # would give 1/3 to each tied pixel, 1/2 to each pixel of the zero window.
+  x = jnp.array([[1.0, 1, 0, 0], [0, 1, 0, 0], [2, 0, 3, 1], [0, 2, 1, 3]]).reshape(1, 4, 4, 1)
+  variables = {
+    "params": {
+      "conv": {"kernel": jnp.ones((1, 1, 1, 1)), "bias": jnp.array([-0.5])},
+      "dense": {"kernel": jnp.array([[1.0], [2], [2], [3]]), "bias": jnp.array([0.0])},
+    }
+  }
+  model = TinyPool()
+  np.testing.assert_allclose(model.apply(variables, x), [[11.0]])
+  masked = [[1, 0, 0, 0], [0, 0, 0, 0], [2, 0, 3, 0], [0, 0, 0, 0]]
+  expected = {
+    "saliency": masked,
+    "deconvnet": [[1, 0, 2, 0], [0, 0, 0, 0], [2, 0, 3, 0], [0, 0, 0, 0]],
+    "guided_backprop": masked,
+  }
+  for method, want in expected.items():
+    got = attribution.attribute(model, variables, x, attribution.logit(0), method)
+    np.testing.assert_array_equal(got[0, ..., 0], np.asarray(want, np.float32), err_msg=method)
+
+
+def torch_cnn(torch, variables, method):
+  """`small_cnn` in PyTorch on the same weights, its ReLUs' backward rule that of ``method`` (what captum's
+  Saliency, Deconvolution and GuidedBackprop do): ``images [N, H, W, C] -> logits``, as a function of a tensor."""
+
+  class Relu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+      ctx.save_for_backward(x)
+      return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+      (x,) = ctx.saved_tensors
+      rule = {"saliency": g * (x > 0), "deconvnet": g.clamp(min=0), "guided_backprop": g.clamp(min=0) * (x > 0)}
+      return rule[method]
+
+  p = jax.tree.map(lambda v: torch.from_numpy(np.asarray(v).copy()), variables["params"])
+  conv = lambda h, name: torch.nn.functional.conv2d(h, p[name]["kernel"].permute(3, 2, 0, 1), p[name]["bias"])
+  dense = lambda h, name: h @ p[name]["kernel"] + p[name]["bias"]
+
+  def forward(images_nchw):
+    h = images_nchw
+    for name in ("conv1", "conv2"):
+      h = torch.nn.functional.max_pool2d(Relu.apply(conv(h, name)), 2)
+    h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1)  # flattened in NHWC order, as ours
+    return dense(Relu.apply(dense(h, "dense1")), "head")
+
+  return forward
+
+
+@pytest.mark.parametrize("method", attribution.METHODS)
+def test_equals_pytorch_on_the_same_weights_ties_included(method):
+  # Saliency is PyTorch's gradient, the deconvnet and guided backprop PyTorch's (captum's) with the same switches,
+  # on images of constant blocks and negative conv biases: pooling windows tie, at zero and above it.
+  torch = pytest.importorskip("torch")
+  model = small_cnn()
+  blocks = jax.random.randint(jax.random.key(3), (3, 4, 4, 1), 0, 3).astype(jnp.float32) / 2
+  x = jnp.repeat(jnp.repeat(blocks, 4, axis=1), 4, axis=2)  # [3, 16, 16, 1]
+  variables = model.init(jax.random.key(0), x)
+  for name in ("conv1", "conv2"):
+    bias = variables["params"][name]["bias"]
+    variables["params"][name]["bias"] = jax.random.uniform(jax.random.key(4), bias.shape, minval=-0.4, maxval=0.1)
+  acts = attribution.activations(model, variables, x)
+  for name in ("act1", "act2"):  # ties occur, at zero and above it, so the test can tell the rules apart
+    windows = np.asarray(acts[name])[:, : acts[name].shape[1] // 2 * 2, : acts[name].shape[2] // 2 * 2]
+    windows = windows.reshape(3, windows.shape[1] // 2, 2, windows.shape[2] // 2, 2, -1).transpose(0, 1, 3, 5, 2, 4)
+    windows = windows.reshape(*windows.shape[:4], 4)
+    ties = (windows == windows.max(-1, keepdims=True)).sum(-1) > 1
+    assert np.any(ties & (windows.max(-1) == 0)), name
+    assert name == "act2" or np.any(ties & (windows.max(-1) > 0)), name
+  labels = jnp.array([0, 2, 4])
+  ours = np.asarray(attribution.attribute(model, variables, x, attribution.logit(labels), method))
+
+  images = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+  logits = torch_cnn(torch, variables, method)(images)
+  logits[torch.arange(3), torch.tensor([0, 2, 4])].sum().backward()
+  expected = images.grad.numpy().transpose(0, 2, 3, 1)
+  assert np.abs(expected).max() > 0
+  np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
 # ---------------------------------------------------------------- errors

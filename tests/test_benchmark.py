@@ -42,7 +42,25 @@ def test_deconv_kernel_grad_benchmark_record():
 def test_max_pool_grad_benchmark_record():
   record = benchmark.max_pool_grad_benchmark(shape=(2, 6, 6, 3), calls=2, repeats=1)
   assert record["benchmark"] == "max_pool_grad"
-  assert_positive_finite(record, ["reduce_window_ms", "ops_max_pool_ms", "ratio", "devices"])
+  assert_positive_finite(
+    record, ["reduce_window_ms", "ops_max_pool_ms", "reshape_max_even_split_ms", "ratio", "ratio_vs_even_split"]
+  )
+  assert record["ratio_vs_even_split"] == pytest.approx(record["reshape_max_even_split_ms"] / record["ops_max_pool_ms"])
+  assert record["max_rel_diff"] <= 1e-4
+  assert record.keys() >= PLATFORM_KEYS
+
+
+@pytest.mark.parametrize("wrt", ["kernel", "input"])
+def test_deconv3d_grad_benchmark_record(wrt):
+  record = benchmark.deconv3d_grad_benchmark(
+    wrt, batch=1, in_size=(2, 3, 2), in_channels=3, out_channels=2, kernel_size=3, calls=2, repeats=1
+  )
+  assert record["benchmark"] == f"deconv3d_{wrt}_grad"
+  assert record["input_shape"] == [1, 2, 3, 2, 3]
+  assert record["output_shape"] == [1, 4, 6, 4, 2]
+  assert record["kernel_shape"] == [3, 3, 3, 2, 3]
+  assert_positive_finite(record, ["lax_conv_transpose_ms", "ops_deconv_ms", "ratio", "devices"])
+  assert record["ratio"] == pytest.approx(record["lax_conv_transpose_ms"] / record["ops_deconv_ms"])
   assert record["max_rel_diff"] <= 1e-4
   assert record.keys() >= PLATFORM_KEYS
 

@@ -101,3 +101,58 @@ def test_deconv_init_matches_flax_conv_transpose_scale():
   theirs = nn.ConvTranspose(16, (4, 4), strides=(2, 2)).init(jax.random.key(0), y)["params"]["kernel"]
   assert ours.shape == (4, 4, 16, 64) and theirs.shape == (4, 4, 64, 16)
   np.testing.assert_allclose(np.std(ours), np.std(theirs), rtol=0.1)
+
+
+@pytest.mark.parametrize(
+  "n, kwargs",
+  [
+    (1, {"stride": 3, "padding": 2, "output_padding": 1, "dilation": 2, "groups": 2}),
+    (2, {"stride": (2, 1), "padding": (1, 0), "output_padding": (1, 0), "dilation": 1, "groups": 1}),
+    (2, {"stride": 1, "padding": 1, "output_padding": 2, "dilation": 3, "groups": 3}),  # output_padding >= stride
+    (3, {"stride": 2, "padding": 1, "output_padding": 1, "dilation": (1, 2, 1), "groups": 1, "bias": False}),
+  ],
+)
+def test_deconv_from_torch_equals_the_torch_module(n, kwargs):
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  in_channels, out_channels = 6, 6
+  module = getattr(torch.nn, f"ConvTranspose{n}d")(in_channels, out_channels, 3, **kwargs)
+  y = np.random.default_rng(0).standard_normal((2, *(4, 3, 2)[:n], in_channels)).astype(np.float32)
+  with torch.no_grad():
+    expected = np.moveaxis(module(torch.from_numpy(np.moveaxis(y, -1, 1).copy())).numpy(), 1, -1)
+  layer, variables = models.Deconv.from_torch(module)
+  assert variables["params"]["kernel"].shape == (3,) * n + (out_channels // module.groups, in_channels)
+  assert ("bias" in variables["params"]) == kwargs.get("bias", True)
+  # The layer's own init makes the same parameter shapes: it is a Deconv like any other.
+  assert jax.tree.map(jnp.shape, layer.init(jax.random.key(0), y)) == jax.tree.map(jnp.shape, variables)
+  np.testing.assert_allclose(layer.apply(variables, y), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_deconv_from_torch_output_size_is_output_shape():
+  torch = pytest.importorskip("torch")
+  module = torch.nn.ConvTranspose2d(4, 2, 3, stride=3, padding=1)
+  y = np.random.default_rng(1).standard_normal((1, 3, 2, 4)).astype(np.float32)
+  with torch.no_grad():
+    expected = module(torch.from_numpy(np.moveaxis(y, -1, 1).copy()), output_size=(8, 6)).numpy()
+  layer, variables = models.Deconv.from_torch(module)
+  out = layer.apply(variables, y, output_shape=(8, 6))
+  np.testing.assert_allclose(out, np.moveaxis(expected, 1, -1), rtol=1e-4, atol=1e-5)
+
+
+def test_deconv_from_torch_refuses_other_padding_modes():
+  class Module:  # what a module with another padding mode would carry; PyTorch itself refuses to build one
+    padding_mode = "reflect"
+
+  with pytest.raises(ValueError, match=r"^module\.padding_mode must be 'zeros'"):
+    models.Deconv.from_torch(Module())
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 3), (1, 5, 6, 4, 3)])
+def test_deconv_is_the_conv_adjoint_in_1d_and_3d(shape):
+  conv = models.Conv(features=4, kernel_size=3, strides=2, use_bias=False)
+  deconv = models.Deconv(features=3, kernel_size=3, strides=2, use_bias=False)
+  x = jax.random.normal(jax.random.key(0), shape)
+  conv_vars = conv.init(jax.random.key(1), x)
+  y = jax.random.normal(jax.random.key(2), conv.apply(conv_vars, x).shape)
+  x_back = deconv.apply(conv_vars, y, output_shape=x.shape)
+  np.testing.assert_allclose(jnp.vdot(conv.apply(conv_vars, x), y), jnp.vdot(x, x_back), rtol=1e-5)

@@ -1,15 +1,16 @@
-"""Tests for deconv_jax.ops: deconv2d is the adjoint of conv2d and agrees with lax, flax and PyTorch.
+"""Tests for deconv_jax.ops: deconv is the adjoint of conv and agrees with lax, flax and PyTorch, in 1-D, 2-D and 3-D.
 
-Most tests are property-based over shapes, strides 1-3, every padding form, dilation 1-2 and groups 1-2, on tiny
-shapes. Every new shape costs XLA compiles, so each example runs its JAX side as *one* jitted function
-(``jit_call``): run eagerly, each primitive (zeros, the VJP's forward conv, the transposed conv, reductions, ...)
-compiles on its own for each shape, several times the cost. The dot-product test and the fixed-case tests stay
-eager, so the eager path of ``deconv2d`` is exercised too.
+Most tests are property-based over the number of spatial axes (1-3), shapes, strides, every padding form, dilations
+and groups, on tiny shapes. Every new shape costs XLA compiles, so each example runs its JAX side as *one* jitted
+function (``jit_call``): run eagerly, each primitive (zeros, the VJP's forward conv, the transposed conv, reductions,
+...) compiles on its own for each shape, several times the cost. The dot-product test and the fixed-case tests stay
+eager, so the eager path of ``deconv`` is exercised too.
 """
 
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,9 @@ SETTINGS = settings(
 )
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 SEEDS = st.integers(0, 2**16)
-DN = ("NHWC", "HWIO", "NHWC")
+NDIMS = (1, 2, 3)
+DNS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
+DN = DNS[2]
 
 
 # ----------------------------------------------------------------------------
@@ -45,15 +48,16 @@ DN = ("NHWC", "HWIO", "NHWC")
 def xla_swap_crash(out_hw, in_hw, kernel_hw, strides, dilation, pads, groups):
   """Whether XLA's CPU compiler aborts the process on the transposed conv of this forward conv (jaxlib 0.10.2).
 
-  JAX's transpose of conv_general_dilated (what deconv2d, jax.linear_transpose, lax.conv_transpose, flax ConvTranspose
+  JAX's transpose of conv_general_dilated (what deconv, jax.linear_transpose, lax.conv_transpose, flax ConvTranspose
   and jax.grad of any conv emit) is a conv of ``y`` with the reversed kernel, base (lhs) dilation ``s``, window
   dilation ``d`` and padding ``(k' - 1 - lo, H - 1 + lo - (H_out - 1) * s)``. XLA's conv operand swap
   (``SwapConvolutionOperandsIfBeneficial``) keeps a "group" dimension (window 2, base dilation 2, stride 1, no
   padding) unchanged when it swaps input and kernel, although the new kernel is ``y``, of size ``H_out`` there: for
   ``H_out != 2`` the result is invalid HLO and AlgebraicSimplifier's CHECK aborts ("Window dimensions do not match RHS
   shape"). In forward terms: an axis with kernel 2, stride 2, dilation 1, padding lo = 1 and H = 2 * (H_out - 1), and
-  the other axis' kernel larger than its y. Verified to match the crashes exactly on 600 random configs; the
-  strategies below skip these so that one XLA bug does not kill the whole pytest process.
+  the other axes' kernels larger than their y. Any number of spatial axes: verified to match the crashes exactly on
+  600 random 2-D configs, and on 650 PyTorch configs in 1-D, 2-D and 3-D (1-D never crashes); the strategies below
+  skip these so that one XLA bug does not kill the whole pytest process.
   """
   if groups > 1:  # the swap only handles ungrouped convs
     return False
@@ -71,46 +75,61 @@ def xla_swap_crash(out_hw, in_hw, kernel_hw, strides, dilation, pads, groups):
   return broken and kernel_product > swapped_product
 
 
+def int_or_tuple(draw, n, lo, hi):
+  """An int or a tuple of ``n`` ints: (the argument as passed, the normalised tuple)."""
+  values = tuple(draw(st.integers(lo, hi)) for _ in range(n))
+  if len(set(values)) == 1 and draw(st.booleans()):
+    return values[0], values
+  return values, values
+
+
 def int_or_pair(draw, lo, hi):
   """An int or a pair of ints: (the argument as passed, the normalised pair)."""
-  a, b = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
-  if a == b and draw(st.booleans()):
-    return a, (a, a)
-  return (a, b), (a, b)
+  return int_or_tuple(draw, 2, lo, hi)
 
 
-def draw_padding(draw, forms=("SAME", "VALID", "int", "pair", "explicit")):
+def draw_padding(draw, forms=("SAME", "VALID", "int", "pair", "explicit"), n=2):
+  """A padding argument for ``n`` spatial axes; "pair" is one int per axis (a pair in 2-D)."""
   form = draw(st.sampled_from(forms))
   if form in ("SAME", "VALID"):
     return draw(st.sampled_from([form, form.lower()]))
   if form == "int":
     return draw(st.integers(0, 2))
   if form == "pair":
-    return (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-  return tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(2))
+    return tuple(draw(st.integers(0, 2)) for _ in range(n))
+  return tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(n))
 
 
 @st.composite
-def conv_configs(draw, paddings=("SAME", "VALID", "int", "pair", "explicit"), max_hw=9, max_batch=2, groups=(1, 2)):
-  """A forward conv whose kernel fits its input: shapes, keyword arguments, and normalised strides / dilation."""
+def conv_configs(
+  draw, paddings=("SAME", "VALID", "int", "pair", "explicit"), max_hw=9, max_batch=2, groups=(1, 2), ndims=NDIMS
+):
+  """A forward conv whose kernel fits its input: shapes, keyword arguments, and normalised strides / dilation.
+
+  ``n`` spatial axes, drawn from ``ndims``; 3-D sizes stop at 5.
+  """
+  n = draw(st.sampled_from(ndims))
+  max_size = min(max_hw, 5) if n == 3 else max_hw
   g = draw(st.sampled_from(groups))
   c_in = g * draw(st.integers(1, 4 // g))
   c_out = g * draw(st.integers(1, 4 // g))
-  x_shape = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw)), c_in)
-  kernel_shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), c_in // g, c_out)
-  strides, s = int_or_pair(draw, 1, 3)
-  dilation, d = int_or_pair(draw, 1, 2)
-  padding = draw_padding(draw, paddings)
+  sizes = tuple(draw(st.integers(1, max_size)) for _ in range(n))
+  x_shape = (draw(st.integers(1, max_batch)), *sizes, c_in)
+  kernel_shape = (*(draw(st.integers(1, 3)) for _ in range(n)), c_in // g, c_out)
+  strides, s = int_or_tuple(draw, n, 1, 3)
+  dilation, d = int_or_tuple(draw, n, 1, 2)
+  padding = draw_padding(draw, paddings, n)
   try:
-    out_hw = ops.conv_output_shape(x_shape[1:3], kernel_shape[:2], strides=strides, padding=padding, dilation=dilation)
+    out = ops.conv_output_shape(sizes, kernel_shape[:n], strides=strides, padding=padding, dilation=dilation)
   except ValueError:
     assume(False)
-  pads = ops.explicit_padding(padding, x_shape[1:3], kernel_shape[:2], s, d)
-  assume(not xla_swap_crash(out_hw, x_shape[1:3], kernel_shape[:2], s, d, pads, g))
+  pads = ops.explicit_padding(padding, sizes, kernel_shape[:n], s, d)
+  assume(not xla_swap_crash(out, sizes, kernel_shape[:n], s, d, pads, g))
   return {
+    "n": n,
     "x_shape": x_shape,
     "kernel_shape": kernel_shape,
-    "y_shape": (x_shape[0], *out_hw, c_out),
+    "y_shape": (x_shape[0], *out, c_out),
     "kw": {"strides": strides, "padding": padding, "dilation": dilation, "groups": g},
     "s": s,
     "d": d,
@@ -137,22 +156,24 @@ def jit_call(fn, *args):
 
 
 def effective(cfg):
-  return tuple(d * (k - 1) + 1 for k, d in zip(cfg["kernel_shape"][:2], cfg["d"]))
+  return tuple(d * (k - 1) + 1 for k, d in zip(cfg["kernel_shape"][: cfg["n"]], cfg["d"]))
 
 
-def torch_sizes(out_hw, k_eff, strides, pads, output_padding=(0, 0)):
+def torch_sizes(out_hw, k_eff, strides, pads, output_padding=None):
   """PyTorch's transposed-conv size per axis, ``(H_out - 1) * s - lo - hi + k' + output_padding``; may be < 1."""
+  output_padding = output_padding or (0,) * len(out_hw)
   return tuple(
     (o - 1) * s - lo - hi + k + op for o, k, s, (lo, hi), op in zip(out_hw, k_eff, strides, pads, output_padding)
   )
 
 
 def numeric_pads(cfg):
-  return ops.explicit_padding(cfg["kw"]["padding"], (1, 1), cfg["kernel_shape"][:2], cfg["s"], cfg["d"])
+  n = cfg["n"]
+  return ops.explicit_padding(cfg["kw"]["padding"], (1,) * n, cfg["kernel_shape"][:n], cfg["s"], cfg["d"])
 
 
 def lax_padding_for(cfg):
-  """Padding for lax.conv_transpose / flax ConvTranspose giving the same map as our deconv2d, and its output size.
+  """Padding for lax.conv_transpose / flax ConvTranspose giving the same map as our deconv, and its output size.
 
   'SAME' / 'VALID' mean the forward conv's padding in lax too, and lax picks the size ``o * s``, resp.
   ``(o - 1) * s + max(k', s)`` (see ``_conv_transpose_padding``). lax's *explicit* padding is that of the transposed
@@ -161,47 +182,49 @@ def lax_padding_for(cfg):
   input rows the forward conv never reads; that is ``(k' - 1 - lo, H - 1 + lo - (o - 1) * s)``.
   """
   padding = cfg["kw"]["padding"]
-  out_hw = cfg["y_shape"][1:3]
+  out_size = cfg["y_shape"][1:-1]
   if isinstance(padding, str):
     padding = padding.upper()
     sizes = [
-      o * s if padding == "SAME" else (o - 1) * s + max(k, s) for o, k, s in zip(out_hw, effective(cfg), cfg["s"])
+      o * s if padding == "SAME" else (o - 1) * s + max(k, s) for o, k, s in zip(out_size, effective(cfg), cfg["s"])
     ]
     return padding, tuple(sizes)
-  in_hw = cfg["x_shape"][1:3]
+  in_size = cfg["x_shape"][1:-1]
   pads = []
-  for n, o, k, s, (lo, _) in zip(in_hw, out_hw, effective(cfg), cfg["s"], numeric_pads(cfg)):
+  for n, o, k, s, (lo, _) in zip(in_size, out_size, effective(cfg), cfg["s"], numeric_pads(cfg)):
     pads.append((k - 1 - lo, n - 1 + lo - (o - 1) * s))
-  return tuple(pads), in_hw
+  return tuple(pads), in_size
 
 
 def lax_deconv(y, kernel, cfg, padding, **kw):
   return lax.conv_transpose(
-    y, kernel, cfg["s"], padding, rhs_dilation=cfg["d"], dimension_numbers=DN, transpose_kernel=True, **kw
+    y, kernel, cfg["s"], padding, rhs_dilation=cfg["d"], dimension_numbers=DNS[cfg["n"]], transpose_kernel=True, **kw
   )
 
 
 def naive_torch_conv_transpose(y, kernel, strides, padding, dilation, groups, output_padding):
-  """PyTorch's definition in float64 NumPy, NHWC and our HWIO forward kernel: each input pixel (i, j) adds itself
-  times the kernel into a zero output at rows i * s + a * d - p; what lands inside the documented size is kept."""
+  """PyTorch's definition in float64 NumPy, channels-last and our forward kernel, any number of spatial axes: each
+  input pixel ``i`` adds itself times the kernel into a zero output at ``i * s + a * d - p`` (per axis); what lands
+  inside the documented size is kept."""
   y, kernel = np.asarray(y, np.float64), np.asarray(kernel, np.float64)
-  (sh, sw), (ph, pw), (dh, dw), (oph, opw) = strides, padding, dilation, output_padding
-  n, ho, wo, c_out = y.shape
-  kh, kw, cpg, _ = kernel.shape
-  h = (ho - 1) * sh - 2 * ph + dh * (kh - 1) + 1 + oph
-  w = (wo - 1) * sw - 2 * pw + dw * (kw - 1) + 1 + opw
-  out = np.zeros((n, h, w, cpg * groups))
+  batch, *out_size, c_out = y.shape
+  *kernel_size, cpg, _ = kernel.shape
+  size = tuple(
+    (o - 1) * s - 2 * p + d * (k - 1) + 1 + op
+    for o, s, p, d, k, op in zip(out_size, strides, padding, dilation, kernel_size, output_padding)
+  )
+  out = np.zeros((batch, *size, cpg * groups))
   opg = c_out // groups
-  for i in range(ho):
-    for j in range(wo):
-      for a in range(kh):
-        for b in range(kw):
-          r, c = i * sh + a * dh - ph, j * sw + b * dw - pw
-          if not (0 <= r < h and 0 <= c < w):
-            continue
-          for g in range(groups):
-            cols = slice(g * opg, (g + 1) * opg)
-            out[:, r, c, g * cpg : (g + 1) * cpg] += y[:, i, j, cols] @ kernel[a, b, :, cols].T
+  for i in np.ndindex(*out_size):
+    for a in np.ndindex(*kernel_size):
+      r = tuple(i_ * s + a_ * d - p for i_, a_, s, d, p in zip(i, a, strides, dilation, padding))
+      if not all(0 <= r_ < n for r_, n in zip(r, size)):
+        continue
+      for g in range(groups):
+        cols = slice(g * opg, (g + 1) * opg)
+        out[(slice(None), *r, slice(g * cpg, (g + 1) * cpg))] += (
+          y[(slice(None), *i, cols)] @ kernel[(*a, slice(None), cols)].T
+        )
   return out
 
 
@@ -210,14 +233,15 @@ def naive_torch_conv_transpose(y, kernel, strides, padding, dilation, groups, ou
 # ----------------------------------------------------------------------------
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=40)
 @given(conv_configs(), SEEDS)
 def test_dot_product_identity(cfg, seed):
   x, k, y = arrays(cfg, seed)
-  # Eager on purpose: this is the path users take outside jit.
-  fx = np.asarray(ops.conv2d(x, k, **cfg["kw"]), np.float64)
+  # Eager on purpose: this is the path users take outside jit. In 2-D through the 2-D names.
+  conv, deconv = (ops.conv2d, ops.deconv2d) if cfg["n"] == 2 else (ops.conv, ops.deconv)
+  fx = np.asarray(conv(x, k, **cfg["kw"]), np.float64)
   assert fx.shape == cfg["y_shape"]
-  aty = np.asarray(ops.deconv2d(y, k, **cfg["kw"], input_shape=x.shape), np.float64)
+  aty = np.asarray(deconv(y, k, **cfg["kw"], input_shape=x.shape), np.float64)
   assert aty.shape == x.shape
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   lhs, rhs = np.vdot(fx, y), np.vdot(x, aty)
@@ -231,9 +255,9 @@ def test_equals_linear_transpose(cfg, seed):
   x, k, y = arrays(cfg, seed)
 
   def both(y, k):
-    forward = functools.partial(ops.conv2d, kernel=k, **cfg["kw"])
+    forward = functools.partial(ops.conv, kernel=k, **cfg["kw"])
     (expected,) = jax.linear_transpose(forward, jax.ShapeDtypeStruct(x.shape, x.dtype))(y)
-    return ops.deconv2d(y, k, **cfg["kw"], input_shape=x.shape[1:3]), expected
+    return ops.deconv(y, k, **cfg["kw"], input_shape=x.shape[1:-1]), expected
 
   ours, expected = jit_call(both, y, k)
   assert ours.shape == x.shape
@@ -249,6 +273,11 @@ def test_delta_gives_unflipped_kernel():
   y = jnp.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1)
   out = ops.deconv2d(y, jnp.ones((2, 2, 1, 1)), strides=2, padding="VALID")
   np.testing.assert_array_equal(out[0, :, :, 0], np.kron(y[0, :, :, 0], np.ones((2, 2))))
+  # The same in 1-D and 3-D.
+  k1 = jnp.array([1.0, 2.0, 3.0]).reshape(3, 1, 1)
+  np.testing.assert_array_equal(ops.deconv(jnp.ones((1, 1, 1)), k1, padding="VALID")[0, :, 0], [1, 2, 3])
+  k3 = jnp.arange(1.0, 9.0).reshape(2, 2, 2, 1, 1)
+  np.testing.assert_array_equal(ops.deconv(jnp.ones((1, 1, 1, 1, 1)), k3, padding="VALID")[0, ..., 0], k3[..., 0, 0])
 
 
 # ----------------------------------------------------------------------------
@@ -260,17 +289,17 @@ def test_delta_gives_unflipped_kernel():
 @given(conv_configs(groups=(1,)), SEEDS)
 def test_equals_lax_conv_transpose(cfg, seed):
   _, k, y = arrays(cfg, seed)
-  lax_padding, in_hw = lax_padding_for(cfg)
+  lax_padding, in_size = lax_padding_for(cfg)
   is_same = isinstance(lax_padding, str) and lax_padding == "SAME"
 
   def both(y, k):
-    ours = ops.deconv2d(y, k, **cfg["kw"], input_shape=in_hw)
+    ours = ops.deconv(y, k, **cfg["kw"], input_shape=in_size)
     # H_out * s is also our default size for SAME.
-    default = ops.deconv2d(y, k, **cfg["kw"]) if is_same else ours
+    default = ops.deconv(y, k, **cfg["kw"]) if is_same else ours
     return ours, default, lax_deconv(y, k, cfg, lax_padding)
 
   ours, default, expected = jit_call(both, y, k)
-  assert expected.shape[1:3] == in_hw
+  assert expected.shape[1:-1] == in_size
   np.testing.assert_allclose(ours, expected, **TOL)
   np.testing.assert_allclose(default, expected, **TOL)
 
@@ -297,13 +326,14 @@ def test_equals_lax_conv_transpose_consistent_padding(cfg, seed):
   # the smallest size, (o - 1) * s + k' - lo - hi: our default with output_padding=0.
   _, k, y = arrays(cfg, seed)
   fwd = numeric_pads(cfg)
-  in_hw = torch_sizes(cfg["y_shape"][1:3], effective(cfg), cfg["s"], fwd)
-  assume(min(in_hw) >= 1)
-  assume(not xla_swap_crash(cfg["y_shape"][1:3], in_hw, cfg["kernel_shape"][:2], cfg["s"], cfg["d"], fwd, 1))
+  in_size = torch_sizes(cfg["y_shape"][1:-1], effective(cfg), cfg["s"], fwd)
+  assume(min(in_size) >= 1)
+  n = cfg["n"]
+  assume(not xla_swap_crash(cfg["y_shape"][1:-1], in_size, cfg["kernel_shape"][:n], cfg["s"], cfg["d"], fwd, 1))
   ours, expected = jit_call(
-    lambda y, k: (ops.deconv2d(y, k, **cfg["kw"]), lax_deconv(y, k, cfg, fwd, use_consistent_padding=True)), y, k
+    lambda y, k: (ops.deconv(y, k, **cfg["kw"]), lax_deconv(y, k, cfg, fwd, use_consistent_padding=True)), y, k
   )
-  assert ours.shape[1:3] == expected.shape[1:3] == in_hw
+  assert ours.shape[1:-1] == expected.shape[1:-1] == in_size
   np.testing.assert_allclose(ours, expected, **TOL)
 
 
@@ -311,95 +341,156 @@ def test_equals_lax_conv_transpose_consistent_padding(cfg, seed):
 @given(conv_configs(groups=(1,)), SEEDS)
 def test_equals_flax_conv_transpose(cfg, seed):
   _, k, y = arrays(cfg, seed)
-  flax_padding, in_hw = lax_padding_for(cfg)
+  flax_padding, in_size = lax_padding_for(cfg)
   layer = nn.ConvTranspose(
-    features=cfg["x_shape"][3],
-    kernel_size=cfg["kernel_shape"][:2],
+    features=cfg["x_shape"][-1],
+    kernel_size=cfg["kernel_shape"][: cfg["n"]],
     strides=cfg["s"],
     padding=flax_padding,
     kernel_dilation=cfg["d"],
     transpose_kernel=True,
     use_bias=False,
   )
-  # With transpose_kernel=True flax's kernel is [kh, kw, features, in_features]: the forward conv's HWIO kernel.
+  # With transpose_kernel=True flax's kernel is [*k, features, in_features]: the forward conv's kernel.
   params = jax.eval_shape(layer.init, jax.random.key(0), y)
   assert params["params"]["kernel"].shape == k.shape
   ours, expected = jit_call(
-    lambda y, k: (ops.deconv2d(y, k, **cfg["kw"], input_shape=in_hw), layer.apply({"params": {"kernel": k}}, y)), y, k
+    lambda y, k: (ops.deconv(y, k, **cfg["kw"], input_shape=in_size), layer.apply({"params": {"kernel": k}}, y)), y, k
   )
-  assert expected.shape[1:3] == in_hw
+  assert expected.shape[1:-1] == in_size
   np.testing.assert_allclose(ours, expected, **TOL)
 
 
 # ----------------------------------------------------------------------------
-# 5. PyTorch's conv_transpose2d semantics: int / pair padding, output_padding, dilation, groups.
+# 5. PyTorch's conv_transpose{1,2,3}d: the whole space it accepts, and what it refuses.
 # ----------------------------------------------------------------------------
 
 
 @st.composite
-def torch_configs(draw, max_hw=5):
-  g = draw(st.sampled_from((1, 2)))
-  c_in, c_out = g * draw(st.integers(1, 4 // g)), g * draw(st.integers(1, 4 // g))
-  y_shape = (draw(st.integers(1, 2)), draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw)), c_out)
-  kernel_shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), c_in // g, c_out)
-  strides, s = int_or_pair(draw, 1, 3)
-  dilation, d = int_or_pair(draw, 1, 2)
-  padding, p = int_or_pair(draw, 0, 2)
-  op = (draw(st.integers(0, s[0] - 1)), draw(st.integers(0, s[1] - 1)))
-  output_padding = op[0] if op[0] == op[1] and draw(st.booleans()) else op
+def torch_configs(draw, max_hw=5, accepted_only=False, ndims=NDIMS):
+  """A call of ``torch.nn.functional.conv_transpose{n}d`` over the space PyTorch accepts: strides 1-3, dilation 1-3,
+  padding 0-3, ``0 <= output_padding < max(stride, dilation)``, groups 1-3, kernel 1-4 (3-D: 1-3), sizes 1-5 (3-D:
+  1-3). Unless ``accepted_only``, one example in six has an ``output_padding`` PyTorch refuses, and padding may
+  leave no output (size < 1), which PyTorch refuses too."""
+  n = draw(st.sampled_from(ndims))
+  max_size, max_kernel = (3, 3) if n == 3 else (max_hw, 4)
+  g = draw(st.sampled_from((1, 2, 3)))
+  c_in, c_out = g * draw(st.integers(1, 2)), g * draw(st.integers(1, 2))
+  y_shape = (draw(st.integers(1, 2)), *(draw(st.integers(1, max_size)) for _ in range(n)), c_out)
+  kernel_shape = (*(draw(st.integers(1, max_kernel)) for _ in range(n)), c_in // g, c_out)
+  strides, s = int_or_tuple(draw, n, 1, 3)
+  dilation, d = int_or_tuple(draw, n, 1, 3)
+  padding, p = int_or_tuple(draw, n, 0, 3)
+  bounds = tuple(max(s_, d_) for s_, d_ in zip(s, d))
+  op = [draw(st.integers(0, b - 1)) for b in bounds]
+  if not accepted_only and draw(st.integers(0, 5)) == 0:
+    axis = draw(st.integers(0, n - 1))
+    op[axis] = bounds[axis] + draw(st.integers(0, 1))
+  op = tuple(op)
+  output_padding = op[0] if len(set(op)) == 1 and draw(st.booleans()) else op
   # PyTorch's documented output size.
   size = tuple(
     (o - 1) * s_ - 2 * p_ + d_ * (k - 1) + 1 + op_
-    for o, s_, p_, d_, k, op_ in zip(y_shape[1:3], s, p, d, kernel_shape[:2], op)
+    for o, s_, p_, d_, k, op_ in zip(y_shape[1:-1], s, p, d, kernel_shape[:n], op)
   )
-  assume(not xla_swap_crash(y_shape[1:3], size, kernel_shape[:2], s, d, [(p_, p_) for p_ in p], g))
+  if accepted_only:
+    assume(min(size) >= 1)
+  assume(not xla_swap_crash(y_shape[1:-1], size, kernel_shape[:n], s, d, [(p_, p_) for p_ in p], g))
   return {
+    "n": n,
     "y_shape": y_shape,
     "kernel_shape": kernel_shape,
     "kw": {"strides": strides, "padding": padding, "dilation": dilation, "groups": g, "output_padding": output_padding},
     "torch_kw": {"stride": s, "padding": p, "dilation": d, "groups": g, "output_padding": op},
     "size": size,
     "c_in": c_in,
+    "refused": any(o >= b for o, b in zip(op, bounds)) or min(size) < 1,
+    "refused_by": "output_padding" if any(o >= b for o, b in zip(op, bounds)) else "padding",
   }
 
 
-def deconv_or_padding_error(cfg, seed):
-  """Our result for a torch config, or None after checking the ValueError where PyTorch's size is < 1."""
-  k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
-  if min(cfg["size"]) < 1:
-    with pytest.raises(ValueError, match="padding"):
-      ops.deconv2d(y, k, **cfg["kw"])
-    return None
-  ours = jit_call(functools.partial(ops.deconv2d, **cfg["kw"]), y, k)
-  assert ours.shape == (cfg["y_shape"][0], *cfg["size"], cfg["c_in"])
-  return ours
+def torch_conv_transpose(torch, cfg, k, y, ct=None):
+  """PyTorch's ``conv_transpose{n}d`` on our arrays (channels-last, the forward kernel); with a cotangent ``ct`` also
+  its gradients in our layouts: ``(output, kernel gradient, y gradient)``."""
+  n = cfg["n"]
+  # torch's transposed-conv weight [C_in of y, C_out // groups, *k] is the forward conv's [O, I, *k] weight.
+  weight = torch.from_numpy(np.asarray(k).transpose(n + 1, n, *range(n)).copy()).requires_grad_(ct is not None)
+  y_t = torch.from_numpy(np.moveaxis(np.asarray(y), -1, 1).copy()).requires_grad_(ct is not None)
+  out = getattr(torch.nn.functional, f"conv_transpose{n}d")(y_t, weight, **cfg["torch_kw"])
+  if ct is None:
+    return np.moveaxis(out.numpy(), 1, -1)
+  (out * torch.from_numpy(np.moveaxis(np.asarray(ct), -1, 1).copy())).sum().backward()
+  kernel_grad = weight.grad.numpy().transpose(*range(2, n + 2), 1, 0)
+  return np.moveaxis(out.detach().numpy(), 1, -1), kernel_grad, np.moveaxis(y_t.grad.numpy(), 1, -1)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=60)
 @given(torch_configs(), SEEDS)
-def test_equals_torch_conv_transpose2d(cfg, seed):
+def test_equals_torch_conv_transpose(cfg, seed):
   torch = pytest.importorskip("torch")
-  ours = deconv_or_padding_error(cfg, seed)
-  if ours is None:
-    return
   k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
-  # torch's transposed-conv weight [C_in of y, C_out // groups, kh, kw] is the forward conv's OIHW weight.
-  weight = torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1).copy())
-  y_nchw = torch.from_numpy(np.asarray(y).transpose(0, 3, 1, 2).copy())
-  expected = torch.nn.functional.conv_transpose2d(y_nchw, weight, **cfg["torch_kw"]).numpy().transpose(0, 2, 3, 1)
+  try:
+    expected = torch_conv_transpose(torch, cfg, k, y)
+  except RuntimeError:
+    # PyTorch refuses exactly where we do, and we name the argument.
+    assert cfg["refused"]
+    with pytest.raises(ValueError, match=cfg["refused_by"]):
+      ops.deconv(y, k, **cfg["kw"])
+    return
+  if min(expected.shape[1:-1]) == 0:
+    # Size 0: PyTorch's grouped path returns an empty array where its ungrouped path refuses ("Output size is too
+    # small", its shape check); we refuse, as that check does.
+    assert cfg["refused"] and min(cfg["size"]) == 0
+    with pytest.raises(ValueError, match="padding"):
+      ops.deconv(y, k, **cfg["kw"])
+    return
+  assert not cfg["refused"]
+  ours = jit_call(functools.partial(ops.deconv, **cfg["kw"]), y, k)
+  assert ours.shape == expected.shape == (cfg["y_shape"][0], *cfg["size"], cfg["c_in"])
   np.testing.assert_allclose(ours, expected, **TOL)
 
 
-@SETTINGS
-@given(torch_configs(max_hw=4), SEEDS)
-def test_equals_naive_pytorch_definition(cfg, seed):
-  ours = deconv_or_padding_error(cfg, seed)
-  if ours is None:
-    return
+@settings(SETTINGS, max_examples=30)
+@given(torch_configs(accepted_only=True), SEEDS)
+def test_gradients_equal_torch(cfg, seed):
+  # Our deconv's own derivatives (the conv for y, the conv's kernel gradient for the kernel) against PyTorch autograd.
+  torch = pytest.importorskip("torch")
   k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
+  ct = randn(seed + 2, (cfg["y_shape"][0], *cfg["size"], cfg["c_in"]))
+  _, kernel_grad, y_grad = torch_conv_transpose(torch, cfg, k, y, ct)
+  deconv = functools.partial(ops.deconv, **cfg["kw"])
+  grads = jit_call(jax.grad(lambda k, y: jnp.vdot(deconv(y, k), ct), (0, 1)), k, y)
+  np.testing.assert_allclose(grads[0], kernel_grad, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(grads[1], y_grad, rtol=1e-4, atol=1e-3)
+
+
+@settings(SETTINGS, max_examples=20)
+@given(torch_configs(accepted_only=True), SEEDS)
+def test_from_torch_conv_transpose(cfg, seed):
+  # PyTorch's weight and arguments, as a ConvTranspose module stores them, through the documented conversion.
+  torch = pytest.importorskip("torch")
+  k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
+  n = cfg["n"]
+  weight = torch.from_numpy(np.asarray(k).transpose(n + 1, n, *range(n)).copy()).requires_grad_()
+  kernel, kw = ops.from_torch_conv_transpose(weight, **cfg["torch_kw"])
+  np.testing.assert_array_equal(kernel, k)
+  assert kw == {
+    "strides": cfg["torch_kw"]["stride"],
+    **{key: v for key, v in cfg["torch_kw"].items() if key != "stride"},
+  }
+  ours = jit_call(lambda y, kernel: ops.deconv(y, kernel, **kw), y, kernel)
+  np.testing.assert_allclose(ours, torch_conv_transpose(torch, cfg, k, y), **TOL)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(torch_configs(max_hw=4, accepted_only=True), SEEDS)
+def test_equals_naive_pytorch_definition(cfg, seed):
+  k, y = randn(seed, cfg["kernel_shape"]), randn(seed + 1, cfg["y_shape"])
+  ours = jit_call(functools.partial(ops.deconv, **cfg["kw"]), y, k)
   t = cfg["torch_kw"]
   args = (t["stride"], t["padding"], t["dilation"], t["groups"], t["output_padding"])
   expected = naive_torch_conv_transpose(y, k, *args)
+  assert ours.shape == expected.shape
   np.testing.assert_allclose(ours, expected, **TOL)
 
 
@@ -411,6 +502,9 @@ def test_equals_naive_pytorch_definition(cfg, seed):
     ((1, 2, 3, 4), (2, 3, 2, 4), (1, 1), (0, 0), (2, 2), 2, (0, 0), (4, 7)),
     # 2 * p > k': the sizes start at 1, reached only through output_padding (the fixed ops.py bug).
     ((1, 1, 2, 1), (1, 1, 1, 1), (3, 3), (1, 1), (1, 1), 1, (2, 2), (1, 4)),
+    # s <= output_padding < d: rows no window reaches, 0 in the output (PyTorch accepts these).
+    ((1, 3, 2, 2), (2, 2, 1, 2), (1, 2), (0, 1), (3, 3), 1, (2, 2), (8, 6)),
+    ((1, 2, 2, 1), (2, 1, 1, 1), (1, 1), (1, 0), (3, 2), 1, (2, 1), (5, 3)),
   ],
 )
 def test_naive_pytorch_definition_fixed(y_shape, kernel_shape, s, p, d, g, op, out_hw):
@@ -434,8 +528,8 @@ def test_conv_matrix(cfg, seed):
   m, fx, aty = jit_call(
     lambda x, k, y: (
       ops.conv_matrix(k, x.shape, **cfg["kw"]),
-      ops.conv2d(x, k, **cfg["kw"]),
-      ops.deconv2d(y, k, **cfg["kw"], input_shape=x.shape),
+      ops.conv(x, k, **cfg["kw"]),
+      ops.deconv(y, k, **cfg["kw"], input_shape=x.shape),
     ),
     x,
     k,
@@ -459,10 +553,13 @@ def test_conv_matrix(cfg, seed):
     ({"strides": 1, "padding": "VALID", "dilation": 2}, (2, 3, 5, 2), (2, 3, 4, 2)),
     ({"strides": (2, 3), "padding": ((1, 0), (2, 1)), "groups": 2, "input_shape": (6, 7)}, (1, 3, 3, 4), (3, 2, 1, 4)),
     ({"strides": 2, "padding": 1, "output_padding": 1}, (1, 3, 3, 2), (3, 3, 2, 2)),
+    ({"strides": 1, "padding": 0, "dilation": 3, "output_padding": 2}, (1, 3, 3, 2), (2, 2, 2, 2)),
+    ({"strides": 2, "padding": 1, "output_padding": 1}, (1, 5, 2), (3, 2, 2)),
+    ({"strides": 2, "padding": "SAME", "groups": 2}, (1, 2, 3, 2, 4), (3, 2, 2, 1, 4)),
   ],
 )
 def test_hlo_single_convolution(kw, y_shape, kernel_shape):
-  lowered = jax.jit(functools.partial(ops.deconv2d, **kw)).lower(jnp.ones(y_shape), jnp.ones(kernel_shape))
+  lowered = jax.jit(functools.partial(ops.deconv, **kw)).lower(jnp.ones(y_shape), jnp.ones(kernel_shape))
   assert lowered.as_text().count("stablehlo.convolution") == 1
   assert lowered.compile().as_text().count("convolution(") == 1
 
@@ -510,7 +607,7 @@ def test_known_xla_crash_case():
 @given(conv_configs(max_hw=12))
 def test_conv_output_shape_matches_conv2d(cfg):
   out = jax.eval_shape(
-    functools.partial(ops.conv2d, **cfg["kw"]),
+    functools.partial(ops.conv, **cfg["kw"]),
     jax.ShapeDtypeStruct(cfg["x_shape"], jnp.float32),
     jax.ShapeDtypeStruct(cfg["kernel_shape"], jnp.float32),
   )
@@ -546,29 +643,36 @@ def test_deconv_output_range_is_exactly_the_preimage(out_hw, kernel_hw, data):
 
 
 @settings(SETTINGS, max_examples=40)
-@given(st.tuples(st.integers(1, 6), st.integers(1, 6)), st.tuples(st.integers(1, 4), st.integers(1, 4)), st.data())
-def test_deconv_output_shape(out_hw, kernel_hw, data):
-  strides, s = int_or_pair(data.draw, 1, 3)
-  dilation, d = int_or_pair(data.draw, 1, 2)
-  padding = draw_padding(data.draw)
+@given(st.integers(1, 3), st.data())
+def test_deconv_output_shape(n, data):
+  out_size = tuple(data.draw(st.integers(1, 6)) for _ in range(n))
+  kernel_size = tuple(data.draw(st.integers(1, 4)) for _ in range(n))
+  strides, s = int_or_tuple(data.draw, n, 1, 3)
+  dilation, d = int_or_tuple(data.draw, n, 1, 3)
+  padding = draw_padding(data.draw, n=n)
   kw = {"strides": strides, "padding": padding, "dilation": dilation}
   if isinstance(padding, str) and padding.upper() == "SAME":
-    assert ops.deconv_output_shape(out_hw, kernel_hw, **kw) == (out_hw[0] * s[0], out_hw[1] * s[1])
+    assert ops.deconv_output_shape(out_size, kernel_size, **kw) == tuple(o * s_ for o, s_ in zip(out_size, s))
     with pytest.raises(ValueError, match="output_padding"):
-      ops.deconv_output_shape(out_hw, kernel_hw, **kw, output_padding=1)
+      ops.deconv_output_shape(out_size, kernel_size, **kw, output_padding=1)
     return
-  op = (data.draw(st.integers(0, s[0] - 1)), data.draw(st.integers(0, s[1] - 1)))
-  pads = ops.explicit_padding(padding, (1, 1), kernel_hw, s, d)
-  expected = torch_sizes(out_hw, [d_ * (k - 1) + 1 for k, d_ in zip(kernel_hw, d)], s, pads, op)
+  # PyTorch's range, 0 <= output_padding < max(s, d); one past it is refused.
+  op = tuple(data.draw(st.integers(0, max(s_, d_) - 1)) for s_, d_ in zip(s, d))
+  too_large = tuple(max(s_, d_) if i == 0 else o for i, (o, s_, d_) in enumerate(zip(op, s, d)))
+  with pytest.raises(ValueError, match=r"output_padding .* out of range"):
+    ops.deconv_output_shape(out_size, kernel_size, **kw, output_padding=too_large)
+  pads = ops.explicit_padding(padding, (1,) * n, kernel_size, s, d)
+  expected = torch_sizes(out_size, [d_ * (k - 1) + 1 for k, d_ in zip(kernel_size, d)], s, pads, op)
   if min(expected) < 1:
     with pytest.raises(ValueError, match="padding"):
-      ops.deconv_output_shape(out_hw, kernel_hw, **kw, output_padding=op)
+      ops.deconv_output_shape(out_size, kernel_size, **kw, output_padding=op)
     return
-  got = ops.deconv_output_shape(out_hw, kernel_hw, **kw, output_padding=op)
+  got = ops.deconv_output_shape(out_size, kernel_size, **kw, output_padding=op)
   assert got == expected
-  assert ops.conv_output_shape(got, kernel_hw, **kw) == tuple(out_hw)
-  ranges = ops.deconv_output_range(out_hw, kernel_hw, **kw)
-  assert all(lo <= n <= hi for n, (lo, hi) in zip(got, ranges))
+  # output_padding < s picks a size the conv maps back to out_size; each further s rows add one output.
+  assert ops.conv_output_shape(got, kernel_size, **kw) == tuple(o + p // s_ for o, p, s_ in zip(out_size, op, s))
+  ranges = ops.deconv_output_range(out_size, kernel_size, **kw)
+  assert all(lo <= v <= hi for v, (lo, hi), p, s_ in zip(got, ranges, op, s) if p < s_)
 
 
 @settings(SETTINGS, max_examples=40)
@@ -578,14 +682,15 @@ def test_deconv2d_default_shape_maps_back(cfg):
   y = jax.ShapeDtypeStruct(cfg["y_shape"], jnp.float32)
   kernel = jax.ShapeDtypeStruct(cfg["kernel_shape"], jnp.float32)
   try:
-    out = jax.eval_shape(functools.partial(ops.deconv2d, **kw), y, kernel)
+    out = jax.eval_shape(functools.partial(ops.deconv, **kw), y, kernel)
   except ValueError:
     # Only where the PyTorch formula gives no valid size (explicit padding larger than the kernel).
-    assert min(torch_sizes(cfg["y_shape"][1:3], effective(cfg), cfg["s"], numeric_pads(cfg))) < 1
+    assert min(torch_sizes(cfg["y_shape"][1:-1], effective(cfg), cfg["s"], numeric_pads(cfg))) < 1
     return
-  assert (out.shape[0], out.shape[3]) == (cfg["x_shape"][0], cfg["x_shape"][3])
+  assert (out.shape[0], out.shape[-1]) == (cfg["x_shape"][0], cfg["x_shape"][-1])
   del kw["groups"]
-  assert ops.conv_output_shape(out.shape[1:3], cfg["kernel_shape"][:2], **kw) == cfg["y_shape"][1:3]
+  n = cfg["n"]
+  assert ops.conv_output_shape(out.shape[1:-1], cfg["kernel_shape"][:n], **kw) == cfg["y_shape"][1:-1]
 
 
 # ----------------------------------------------------------------------------
@@ -598,6 +703,8 @@ def test_deconv2d_default_shape_maps_back(cfg):
   [
     ({"strides": 2, "padding": 1, "output_padding": 2}, "output_padding"),
     ({"strides": (2, 3), "padding": 0, "output_padding": (1, 3)}, "output_padding"),
+    ({"strides": 1, "dilation": 3, "padding": 0, "output_padding": 3}, r"output_padding \(3, 3\) is out of range"),
+    ({"strides": (1, 2), "dilation": (2, 1), "padding": 0, "output_padding": (1, 2)}, r"max\(strides, dilation\)"),
     ({"strides": 2, "padding": "SAME", "output_padding": 1}, "output_padding"),
     ({"strides": 2, "padding": "SAME", "input_shape": (8, 9)}, "input_shape"),
     ({"strides": 2, "padding": "SAME", "input_shape": (6, 8)}, "input_shape"),
@@ -608,6 +715,7 @@ def test_deconv2d_default_shape_maps_back(cfg):
     ({"padding": "FULL"}, "padding"),
     ({"padding": -1}, "padding"),
     ({"padding": ((1, 2),)}, "padding"),
+    ({"padding": (1, 2, 3)}, "padding"),
     ({"strides": 1, "padding": 3}, "padding"),  # too large: PyTorch's size formula gives 0
     ({"strides": 0}, "strides"),
     ({"strides": -1}, "strides"),
@@ -626,6 +734,26 @@ def test_deconv2d_errors(kw, match):
 def test_deconv2d_kernel_channel_mismatch():
   with pytest.raises(ValueError, match="kernel"):
     ops.deconv2d(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 2)))
+
+
+@pytest.mark.parametrize(
+  "call, match",
+  [
+    (lambda: ops.deconv(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3, 2, 3))), r"^y must be \[N, \*spatial, Cout\]"),
+    (lambda: ops.conv(jnp.ones((1, 4, 3)), jnp.ones((3, 3, 3, 2))), r"^x must be \[N, \*spatial, Cin\]"),
+    (lambda: ops.deconv(jnp.ones((1, 1, 1, 1, 1, 3)), jnp.ones((1, 1, 1, 1, 2, 3))), "^kernel must be"),
+    (lambda: ops.deconv2d(jnp.ones((1, 4, 3)), jnp.ones((3, 3, 3))), "^deconv2d takes"),
+    (lambda: ops.conv2d(jnp.ones((1, 4, 4, 4, 3)), jnp.ones((3, 3, 3, 3, 2))), "^conv2d takes"),
+    (lambda: ops.deconv(jnp.ones((1, 2, 2, 2, 3)), jnp.ones((2, 2, 2, 1, 3)), input_shape=(4, 4)), "^input_shape"),
+    (lambda: ops.deconv(jnp.ones((1, 4, 3)), jnp.ones((3, 2, 3)), strides=2, padding=((1, 2),) * 2), "^padding"),
+    (lambda: ops.deconv(jnp.ones((1, 4, 3)), jnp.ones((3, 2, 3)), dilation=(1, 2)), "^dilation"),
+    (lambda: ops.conv_output_shape((4, 4), (3,)), "^input_size"),
+  ],
+)
+def test_n_dimensional_errors(call, match):
+  with pytest.raises(ValueError, match=match) as info:
+    call()
+  assert "\n" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------
@@ -729,39 +857,148 @@ def test_unpool_with_switches_is_the_max_pool_vjp(case, seed, values):
 
 
 def test_switches_on_ties():
-  # One window with maxima at (0, 0), (0, 1) and (1, 1).
+  # One window with maxima at (0, 0), (0, 1) and (1, 1): all of it goes to the first in row-major order, (0, 0).
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
-  # Non-overlapping windows (reshape-and-max): the value is split evenly among the tied maxima.
-  even = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
-  np.testing.assert_allclose(even[0, ..., 0], [[1 / 3, 1 / 3], [0, 1 / 3]], rtol=1e-6)
-  # Overlapping windows (reduce_window): all of it goes to the first maximum in row-major order.
+  first = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
+  np.testing.assert_array_equal(first[0, ..., 0], [[1, 0], [0, 0]])
+  # An all-zero window (after a ReLU): its first position.
+  zeros = ops.unpool_with_switches(
+    jnp.full((1, 1, 1, 1), 5.0), ops.max_pool_switches(jnp.zeros((1, 2, 2, 1)), 2), (2, 2)
+  )
+  np.testing.assert_array_equal(zeros[0, ..., 0], [[5, 0], [0, 0]])
+  # Overlapping windows (reduce_window): the same rule.
   x = jnp.array([[0.0, 2.0, 2.0], [2.0, 0.0, 2.0], [2.0, 2.0, 0.0]]).reshape(1, 3, 3, 1)
   switches = ops.max_pool_switches(x, 2, 1)
-  first = ops.unpool_with_switches(jnp.ones((1, 2, 2, 1)), switches, (3, 3), 1)
+  overlapping = ops.unpool_with_switches(jnp.ones((1, 2, 2, 1)), switches, (3, 3), 1)
   # Windows at (0, 0) and (0, 1) both pick x[0, 1]; (1, 0) picks x[1, 0]; (1, 1) picks x[1, 2].
-  np.testing.assert_array_equal(first[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
-  for values, pooled in [(even, 1), (first, 4)]:  # nothing lost, nothing made
+  np.testing.assert_array_equal(overlapping[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
+  for values, pooled in [(first, 1), (zeros, 5), (overlapping, 4)]:  # nothing lost, nothing made
     assert float(values.sum()) == pytest.approx(pooled)
 
 
+def tied(seed, shape, kind):
+  """Inputs with ties on purpose: ReLU outputs (all-zero windows), few distinct values, or all zeros."""
+  rng = np.random.default_rng(seed)
+  values = {
+    "relu": lambda: np.maximum(rng.standard_normal(shape) - 0.5, 0),
+    "few_values": lambda: rng.integers(0, 3, shape),
+    "zeros": lambda: np.zeros(shape),
+  }[kind]()
+  return jnp.asarray(values.astype(np.float32))
+
+
+@settings(SETTINGS, max_examples=40)
+@given(pool_cases(), SEEDS, st.sampled_from(["relu", "few_values", "zeros"]))
+def test_max_pool_gradient_equals_torch_with_ties(case, seed, kind):
+  # PyTorch's max_pool2d gradient sends each window's signal to its first maximum in row-major order; so do ours
+  # (reshape-and-max and reduce_window) and the unpooling with our switches. Forward mode takes the same switch.
+  torch = pytest.importorskip("torch")
+  window, strides, wp, sp, shape = case
+  x = tied(seed, shape, kind)
+  ct = randn(seed + 1, (shape[0], *ops.max_pool_output_shape(shape[1:3], window, strides), shape[3]))
+
+  def ours(x, ct):
+    pool = lambda v: ops.max_pool(v, window, strides)
+    grad = jax.vjp(pool, x)[1](ct)[0]
+    unpooled = ops.unpool_with_switches(ct, ops.max_pool_switches(x, window, strides), x.shape[1:3], strides)
+    reference = jax.vjp(lambda v: reduce_window_max(v, wp, sp), x)[1](ct)[0]
+    dx = jnp.cos(x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape))  # a tangent with distinct values
+    return (
+      grad,
+      unpooled,
+      reference,
+      jax.jvp(pool, (x,), (dx,))[1],
+      jax.jvp(lambda v: reduce_window_max(v, wp, sp), (x,), (dx,))[1],
+    )
+
+  grad, unpooled, reference, tangent, reference_tangent = jit_call(ours, x, ct)
+  x_t = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+  pooled = torch.nn.functional.max_pool2d(x_t, wp, sp)
+  (pooled * torch.from_numpy(np.asarray(ct).transpose(0, 3, 1, 2).copy())).sum().backward()
+  expected = x_t.grad.numpy().transpose(0, 2, 3, 1)
+  for got in (grad, unpooled, reference):
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(tangent, reference_tangent, rtol=1e-6, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
-# 11. Differentiable in the kernel too.
+# 11. Differentiable in the kernel too, forward and reverse.
 # ----------------------------------------------------------------------------
 
 
-@settings(SETTINGS, max_examples=20)
+@settings(SETTINGS, max_examples=30)
 @given(conv_configs(groups=(1,)), SEEDS)
 def test_kernel_grad_equals_lax_conv_transpose(cfg, seed):
-  _, k, y = arrays(cfg, seed)
-  lax_padding, in_hw = lax_padding_for(cfg)
-  ct = randn(seed + 3, (cfg["y_shape"][0], *in_hw, cfg["x_shape"][3]))
+  x, k, y = arrays(cfg, seed)
+  lax_padding, in_size = lax_padding_for(cfg)
+  ct = randn(seed + 3, (cfg["y_shape"][0], *in_size, cfg["x_shape"][-1]))
 
   def ours(kernel, y):
-    return jnp.vdot(ops.deconv2d(y, kernel, **cfg["kw"], input_shape=in_hw), ct)
+    return ops.deconv(y, kernel, **cfg["kw"], input_shape=in_size)
 
   def reference(kernel, y):
-    return jnp.vdot(lax_deconv(y, kernel, cfg, lax_padding), ct)
+    return lax_deconv(y, kernel, cfg, lax_padding)
 
-  grads, expected = jit_call(lambda k, y: (jax.grad(ours, (0, 1))(k, y), jax.grad(reference, (0, 1))(k, y)), k, y)
-  for g, e in zip(grads, expected):
+  def grads_and_tangents(k, y):
+    grad = lambda f: jax.grad(lambda k, y: jnp.vdot(f(k, y), ct), (0, 1))(k, y)
+    # Forward mode too: the kernel tangent k -> deconv(y, k) goes through its own rule.
+    tangent = lambda f: jax.jvp(f, (k, y), (k[::-1], y * 2))[1]
+    return (grad(ours), tangent(ours)), (grad(reference), tangent(reference))
+
+  (grads, tangent), (expected_grads, expected_tangent) = jit_call(grads_and_tangents, k, y)
+  for g, e in zip(grads, expected_grads):
     np.testing.assert_allclose(g, e, **TOL)
+  np.testing.assert_allclose(tangent, expected_tangent, **TOL)
+  del x
+
+
+@SETTINGS
+@given(conv_configs(), SEEDS)
+def test_conv_kernel_grad_is_the_conv_gradient(cfg, seed):
+  # conv_kernel_grad (3-D: folded into 2-D ones) against jax.grad of the conv in its kernel.
+  x, k, y = arrays(cfg, seed)
+  kw = cfg["kw"]
+
+  def both(x, k, y):
+    expected = jax.grad(lambda k: jnp.vdot(ops.conv(x, k, **kw), y))(k)
+    return ops.conv_kernel_grad(x, y, k.shape[: cfg["n"]], **kw), expected
+
+  ours, expected = jit_call(both, x, k, y)
+  assert ours.shape == k.shape
+  np.testing.assert_allclose(ours, expected, **TOL)
+
+
+@pytest.mark.parametrize("n", NDIMS)
+def test_kernel_gradient_is_no_input_dilated_convolution(n):
+  # d/dk <deconv(y, k), g> == d/dk <conv(g, k), y>: the program JAX hands XLA for the kernel gradient is the conv's
+  # kernel gradient (3-D: one 2-D one per depth offset), where differentiating lax.conv_transpose hands it an
+  # input-dilated (lhs_dilate = s) convolution, which XLA runs many times slower (see the benchmark).
+  y, k, ct = jnp.ones((2, *(3,) * n, 4)), jnp.ones((*(4,) * n, 2, 4)), jnp.ones((2, *(6,) * n, 2))
+  paths = {
+    "ops": lambda k, y: ops.deconv(y, k, strides=2),
+    "lax": lambda k, y: lax.conv_transpose(y, k, (2,) * n, "SAME", dimension_numbers=DNS[n], transpose_kernel=True),
+  }
+  hlo = {
+    name: jax.jit(jax.grad(lambda k, y, ct, f=f: jnp.vdot(f(k, y), ct))).lower(k, y, ct).as_text()
+    for name, f in paths.items()
+  }
+  input_dilated = re.compile(r"lhs_dilate = \[[\d, ]*2")
+  assert input_dilated.search(hlo["lax"])
+  assert not input_dilated.search(hlo["ops"])
+  assert hlo["ops"].count("stablehlo.convolution") == (4 if n == 3 else 1)
+
+
+def test_second_order_derivatives():
+  # grad of grad, and forward over reverse, through the custom derivative: equal to lax's.
+  y, k = randn(0, (1, 3, 3, 2)), randn(1, (3, 3, 2, 2))
+  paths = [
+    lambda k, y: ops.deconv2d(y, k, strides=2, padding=1, output_padding=1),
+    lambda k, y: lax.conv_transpose(y, k, (2, 2), ((1, 2), (1, 2)), dimension_numbers=DN, transpose_kernel=True),
+  ]
+  results = []
+  for f in paths:
+    loss = lambda k, y, f=f: jnp.sum(f(k, y) ** 3)
+    hvp = jax.jvp(jax.grad(loss), (k, y), (jnp.ones_like(k), jnp.zeros_like(y)))[1]
+    results.append((jax.grad(lambda k, loss=loss: jnp.sum(jax.grad(loss, 1)(k, y) ** 2))(k), hvp))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-3)
