@@ -10,8 +10,8 @@ Five benchmarks (``--only`` picks among them):
   after warm-up) and the compile time (``jit(...).lower(...).compile()``,
   tracing included). No input pipeline: the batch is already on the device.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
-  ``deconv3d_input_grad``: the claims of DESIGN.md "One place for each
-  primitive", each pair measured side by side in one run. The kernel gradient
+  ``deconv3d_input_grad``: how the primitives of `ops` compare with the plain
+  XLA lowering, each pair measured side by side in one run. The kernel gradient
   of ``lax.conv_transpose(..., transpose_kernel=True)`` (what flax
   ``ConvTranspose`` uses) against that through `ops.deconv2d` for the same map;
   the input gradient of ``lax.reduce_window`` max-pool against that of
