@@ -15,10 +15,11 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deconv_jax.checkpoint import CheckpointError
 from deconv_jax.config import ConfigError, load_json
 from deconv_jax.data import DataError
 
-USER_ERRORS = (ConfigError, DataError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
 def die(message: str) -> NoReturn:
@@ -32,9 +33,14 @@ def _override_keys(argv: list[str], flag: str) -> list[str]:
 
 
 def _unknown_key(argv: list[str], flag: str, error: Exception) -> NoReturn:
-  missing = str(error).strip("\"'").split("'")[0]
+  """One line for an override of a key the config lacks, with ml_collections' suggestion when it has one."""
+  text = str(error).encode().decode("unicode_escape")  # the message arrives repr-escaped, quotes and all
+  missing = m.group(1) if (m := re.search(r"'([\w.]+)'", text)) else text.strip("\"' ")
   keys = [k for k in _override_keys(argv, flag) if missing in k.split(".")] or [missing]
-  die(f"unknown config key --{flag}.{keys[0]}: the config has no such key (see the config file for its keys)")
+  hint = "see the config file for its keys"
+  if m := re.search(r'mean "(\w+)"', text):
+    hint = f"did you mean --{flag}.{keys[0][: -len(missing)]}{m.group(1)}?"
+  die(f"unknown config key --{flag}.{keys[0]}: the config has no such key; {hint}")
 
 
 def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
@@ -42,7 +48,13 @@ def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
   try:
     remaining = flags.FLAGS(argv)
   except flags.Error as e:
-    die(str(e))
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # ml_collections puts the config's whole traceback here
+      flag = m.group(1) if (m := re.match(r"flag (--\S+): ", text)) else f"--{config_flag}"
+      die(f"{flag}: cannot load the config ({text.strip().splitlines()[-1].strip()})")
+    die(text)
+  except SyntaxError as e:  # a config file that is not Python
+    die(f"--{config_flag}={e.filename}: line {e.lineno}: {e.msg}")
   except (AttributeError, KeyError) as e:  # ml_collections: an override of a key the config lacks.
     _unknown_key(argv, config_flag, e)
   value = flags.FLAGS[config_flag].value if config_flag in flags.FLAGS else None

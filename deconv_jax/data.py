@@ -26,6 +26,7 @@ import importlib.util
 import math
 import os
 import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -278,15 +279,22 @@ def _parse_idx_header(head: bytes, path: str) -> tuple[int, tuple[int, ...]]:
   return 4 + 4 * ndim, struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
 
 
+def _read(path: str, size: int = -1) -> bytes:
+  """Up to ``size`` bytes (all with -1) of a file, gunzipped if it is gzipped; a damaged gzip is a `DataError`."""
+  try:
+    with _open(path) as f:
+      return f.read(size)
+  except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+    raise DataError(f"{path}: damaged gzip file ({e}): download it again") from None
+
+
 def _read_idx_header(path: str) -> tuple[int, tuple[int, ...]]:
-  with _open(path) as f:
-    return _parse_idx_header(f.read(4 + 4 * 255), path)
+  return _parse_idx_header(_read(path, 4 + 4 * 255), path)
 
 
 def _read_idx(path: str) -> np.ndarray:
   """The uint8 array of shape ``dims`` stored in an IDX file (gzipped or plain)."""
-  with _open(path) as f:
-    data = f.read()
+  data = _read(path)
   offset, dims = _parse_idx_header(data, path)
   size = math.prod(dims)
   if len(data) - offset != size:
