@@ -28,9 +28,9 @@ from flax import struct
 from jax import lax
 
 from deconv_jax import checkpoint, models, parallel
-from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
-from deconv_jax.tasks import autoencoder, gan, optim
+from deconv_jax.tasks import autoencoder, classifier, gan, optim
 
 metric_names = autoencoder.metric_names
 eval_metrics = autoencoder.eval_metrics
@@ -62,14 +62,13 @@ def _restore_classifier(workdir: str, step: int) -> tuple[models.CNN, Any, tuple
   Cached by (absolute workdir, step): `create_state` runs under ``jax.eval_shape`` before it runs
   for real, and a checkpoint at a given step never changes.
   """
-  from deconv_jax import evaluate  # evaluate imports tasks: import it when it is used, not at import time.
-
-  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  saved = workdir_lib.saved_config(workdir)
   try:
-    task, state, _, info = evaluate.restore_run(saved, workdir, command="inversion")
+    run = workdir_lib.restore(saved, workdir, classifier, command="inversion")
   except ConfigError as e:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r}: {e}") from None
-  return task.build_model(saved, info.num_classes), jax.device_get(state.params), tuple(info.image_shape)
+  model = classifier.build_model(saved, run.info.num_classes)
+  return model, jax.device_get(run.state.params), tuple(run.info.image_shape)
 
 
 def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[models.CNN, Any]:
@@ -78,10 +77,10 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
   ConfigError (one line, naming ``config.inversion.classifier_workdir``) if ``workdir`` has no
   config.json or no checkpoint, is not a classifier run, or was trained on images of another shape.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = workdir_lib.saved_config(workdir)
+  if saved is None:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no config.json: give the workdir of a trained classifier run")
-  if (task := config_lib.load_json(path).task) != "classifier":
+  if (task := saved.task) != "classifier":
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} is a {task!r} run, not a classifier run")
   step = checkpoint.latest_step(workdir)
   if step is None:
