@@ -18,7 +18,7 @@ from deconv_jax import data, measure, parallel, tasks
 from deconv_jax import workdir as workdir_lib
 
 
-def compile_eval_step(task: Any) -> Callable[..., dict[str, jax.Array]]:
+def compile_eval_step(task: tasks.Task) -> Callable[..., dict[str, jax.Array]]:
   """``task.eval_step`` under ``jax.jit`` (one device) or ``jax.pmap`` (several, sums psum-ed)."""
   if jax.device_count() > 1:
     return jax.pmap(lambda s, b: task.eval_step(s, b, axis_name=parallel.AXIS), axis_name=parallel.AXIS)
@@ -26,7 +26,7 @@ def compile_eval_step(task: Any) -> Callable[..., dict[str, jax.Array]]:
 
 
 def evaluate_state(
-  task: Any, eval_step: Callable[..., Any], state: Any, source: data.Source, global_batch_size: int
+  task: tasks.Task, eval_step: Callable[..., Any], state: Any, source: data.Source, global_batch_size: int
 ) -> dict[str, float]:
   """Task metrics over every example of ``source`` (each once), for a state placed as ``eval_step`` expects.
 
@@ -54,6 +54,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, path: str) -> dict[str, 
   source = data.get_source(config.dataset, config.dataset.eval_split)
   state = parallel.replicate(run.state) if jax.device_count() > 1 else run.state
   metrics = evaluate_state(run.task, compile_eval_step(run.task), state, source, config.eval_batch_size)
-  if hasattr(run.task, "generate_many") and config.measure.classifier_workdir:
+  if run.task.generate_many is not None and config.measure.classifier_workdir:
     metrics.update(measure.generator_quality(run.task, run.state, config))
   return {**metrics, "step": run.step}

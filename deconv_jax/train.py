@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     p_train_step = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
   p_eval_step = eval_loop.compile_eval_step(task)
-  samples_fn = jax.jit(task.samples) if hasattr(task, "samples") else None  # generator tasks: a grid of samples
+  samples_fn = jax.jit(task.samples) if task.samples is not None else None  # generator tasks: a grid of samples
   host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
 
   def save(step: int) -> None:

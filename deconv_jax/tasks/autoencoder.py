@@ -25,6 +25,9 @@ from deconv_jax import models, parallel
 from deconv_jax.tasks import optim
 
 metric_names = ("loss",)
+model_section = "autoencoder"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid: a reconstruction needs inputs, which a state does not hold
+generate_many = None  # no generated images to measure
 MSE_FLOOR = 1e-10  # a perfect reconstruction's PSNR is 100 dB, not inf
 
 

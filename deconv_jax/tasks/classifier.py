@@ -15,6 +15,9 @@ from deconv_jax import augment, models, parallel
 from deconv_jax.tasks import optim
 
 metric_names = ("loss", "accuracy")
+model_section = "model"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid
+generate_many = None  # no generated images to measure
 
 
 class TrainState(train_state.TrainState):

@@ -34,6 +34,9 @@ from deconv_jax.tasks import autoencoder, classifier, gan, optim
 
 metric_names = autoencoder.metric_names
 eval_metrics = autoencoder.eval_metrics
+model_section = "generator"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid: a reconstruction needs inputs
+generate_many = None  # no generated images to measure
 WORKDIR_KEY = "config.inversion.classifier_workdir"
 
 
