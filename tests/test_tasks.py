@@ -3,11 +3,12 @@
 import importlib
 import inspect
 import pkgutil
+import re
 
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import tasks
+from deconv_jax import tasks, train
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(tasks.__path__) if m.name != "optim")
 FUNCTIONS = ("create_state", "train_step", "eval_step", "eval_metrics")
@@ -39,3 +40,14 @@ def test_only_the_generator_tasks_draw_samples():
   drawn = {name for name in MODULES if tasks.get(name).samples is not None}
   measured = {name for name in MODULES if tasks.get(name).generate_many is not None}
   assert drawn == measured == {"gan"}
+
+
+def test_an_unknown_task_is_a_config_error_naming_the_registered_ones(tmp_path):
+  message = "config.task='nope' is not allowed: one of ('classifier', 'gan', 'autoencoder', 'inversion')"
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    tasks.get("nope")
+  c = config_lib.base()
+  c.task = "nope"
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

@@ -66,9 +66,9 @@ _TASKS: dict[str, Task] = {
 
 
 def get(name: str) -> Task:
-  """The task module called ``name`` (``config.task``)."""
+  """The task module called ``name`` (``config.task``); `ConfigError` naming the registered ones if none is."""
   if name not in _TASKS:
-    raise ValueError(f"config.task={name!r} is not allowed: one of {tuple(_TASKS)}")
+    raise ConfigError(f"config.task={name!r} is not allowed: one of {tuple(_TASKS)}")
   return _TASKS[name]
 
 
