@@ -77,7 +77,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str 
     "correct": jnp.sum((jnp.argmax(logits_BK, -1) == batch["label"]) * mask_B),
     "count": jnp.sum(mask_B),
   }
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)
 
 
 def eval_metrics(sums: dict[str, float]) -> dict[str, float]:

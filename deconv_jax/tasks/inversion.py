@@ -156,11 +156,6 @@ def features(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
   return lax.stop_gradient(acts.reshape(acts.shape[0], -1))
 
 
-def _to_unit(images: jax.Array, output_activation: str) -> jax.Array:
-  """The generator's output range -> ``[0, 1]``, *not* clipped (the loss keeps its gradient everywhere)."""
-  return (images + 1) / 2 if output_activation == "tanh" else images
-
-
 def train_step(
   state: InversionState,
   batch: dict[str, jax.Array],
@@ -180,9 +175,9 @@ def train_step(
   features_BF = features(state, images_BHWC)
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
-    out_BHWC, updates = generator.apply(variables, features_BF, train=True, mutable=["batch_stats"])
-    recon_BHWC = _to_unit(out_BHWC, generator.output_activation)
+    g_vars = gan.variables(params, state.batch_stats)
+    out_BHWC, updates = generator.apply(g_vars, features_BF, train=True, mutable=["batch_stats"])
+    recon_BHWC = gan.to_unit_range(out_BHWC, generator.output_activation, clip=False)
     return jnp.mean((recon_BHWC - images_BHWC) ** 2), updates.get("batch_stats", {})
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -202,10 +197,7 @@ def reconstruct(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
 
   The generator runs in inference mode: batch norm uses the running statistics.
   """
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  out_NHWC = state.generator.apply(variables, features(state, images_NHWC))
+  out_NHWC = state.generator.apply(gan.variables(state.params, state.batch_stats), features(state, images_NHWC))
   return gan.to_unit_range(out_NHWC, state.generator.output_activation)
 
 
@@ -214,4 +206,4 @@ def eval_step(
 ) -> dict[str, jax.Array]:
   """`autoencoder.reconstruction_sums` of ``batch`` (``image`` [B, H, W, C], ``mask`` [B]), psum-ed over axis_name."""
   sums = autoencoder.reconstruction_sums(reconstruct(state, batch["image"]), batch["image"], batch["mask"])
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)
