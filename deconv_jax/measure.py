@@ -32,7 +32,7 @@ class Featurizer:
     if config.task != "classifier":
       raise config_lib.ConfigError(f"config.{key}={workdir!r} is a {config.task!r} run, not a classifier run")
     run = workdir_lib.restore(config, workdir, classifier, command="measure")
-    self.workdir, self.step, self.image_shape = workdir, run.step, run.info.image_shape
+    self.image_shape = run.info.image_shape
     model = classifier.build_model(config, run.info.num_classes)
     layer = f"hidden{len(model.dense)}" if model.dense else f"pool{len(model.features)}"
     variables = {"params": jax.device_put(run.state.params)}

@@ -21,8 +21,6 @@ import numpy as np
 from deconv_jax import checkpoint, data
 from deconv_jax import config as config_lib
 
-CONFIG_FILE = "config.json"
-
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -40,14 +38,13 @@ class Run:
   info: data.DatasetInfo
 
 
-def config_path(path: str) -> str:
-  """Where the run in ``path`` saves its config."""
-  return os.path.join(path, CONFIG_FILE)
+def _config_path(path: str) -> str:
+  return os.path.join(path, "config.json")
 
 
 def saved_config(path: str) -> ml_collections.ConfigDict | None:
   """The config saved in run directory ``path`` (`config.load_json`), or None if it holds none."""
-  return config_lib.load_json(config_path(path)) if os.path.exists(config_path(path)) else None
+  return config_lib.load_json(_config_path(path)) if os.path.exists(_config_path(path)) else None
 
 
 def prepare(config: ml_collections.ConfigDict, path: str) -> None:
@@ -71,7 +68,7 @@ def prepare(config: ml_collections.ConfigDict, path: str) -> None:
         "use a new --workdir, or the config it was trained with"
       )
   if jax.process_index() == 0:
-    config_lib.save_json(config, config_path(path))
+    config_lib.save_json(config, _config_path(path))
 
 
 def restore(config: ml_collections.ConfigDict, path: str, task: Any, command: str = "evaluate") -> Run:

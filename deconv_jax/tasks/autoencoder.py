@@ -23,7 +23,6 @@ from flax.training import train_state
 from deconv_jax import models, parallel, quality
 from deconv_jax.tasks import optim
 
-metric_names = ("loss",)
 model_section = "autoencoder"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid: a reconstruction needs inputs, which a state does not hold
 generate_many = None  # no generated images to measure

@@ -14,7 +14,6 @@ from jax import lax
 from deconv_jax import augment, models, parallel
 from deconv_jax.tasks import optim
 
-metric_names = ("loss", "accuracy")
 model_section = "model"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid
 generate_many = None  # no generated images to measure

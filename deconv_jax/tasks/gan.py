@@ -20,7 +20,6 @@ from jax import lax
 from deconv_jax import models, parallel
 from deconv_jax.tasks import optim
 
-metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
 model_section = "generator"  # the config section named when the model cannot take the data's images
 NUM_SAMPLES = 64  # the fixed latent batch of the sample grids
 SAMPLE_SEED = 1234

@@ -32,7 +32,6 @@ from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, classifier, gan, optim
 
-metric_names = autoencoder.metric_names
 eval_metrics = autoencoder.eval_metrics
 model_section = "generator"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid: a reconstruction needs inputs
