@@ -6,7 +6,6 @@ there) is reported as ``error: ...`` on stderr, never as a traceback.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -15,8 +14,9 @@ from typing import NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.checkpoint import CheckpointError
-from deconv_jax.config import ConfigError, load_json
+from deconv_jax.config import ConfigError
 from deconv_jax.data import DataError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -109,8 +109,8 @@ def define_workdir_flags(argv: list[str]) -> None:
   The config is read before flags are parsed, from the ``--workdir`` in ``argv``.
   """
   workdir = _workdir_from_argv(argv)
-  saved = os.path.join(workdir, "config.json")
-  if not os.path.exists(saved):
+  saved = workdir_lib.saved_config(workdir)
+  if saved is None:
     die(f"--workdir={workdir} has no config.json: not a training run directory")
   flags.DEFINE_string("workdir", None, "Run directory written by deconv_jax.train.")
-  config_flags.DEFINE_config_dict("config", load_json(saved), "Overrides of the run's saved config.")
+  config_flags.DEFINE_config_dict("config", saved, "Overrides of the run's saved config.")

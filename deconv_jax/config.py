@@ -2,7 +2,10 @@
 
 ``configs/*.py`` start from `base()` and override what their experiment needs;
 `validate` rejects unknown keys, wrong types and impossible values with one
-line naming the key. `load_json`/`save_json` round-trip the config a run used
+line naming the key. The values a key allows come from the module that owns them
+(sources from `data`; activations, up-sampling variants and output activations from
+`models`), so adding one is one edit there; ``config.task`` is checked by `tasks.get`, as
+the tasks sit above this module. `load_json`/`save_json` round-trip the config a run used
 into its workdir, so ``evaluate`` and a resumed run see exactly what training saw.
 """
 
@@ -16,15 +19,12 @@ from typing import Any
 
 import ml_collections
 
-TASKS = ("classifier", "gan", "autoencoder", "inversion")
-SOURCES = ("embedded", "idx", "tfds")
+from deconv_jax import data, models
+
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PADDINGS = ("SAME", "VALID")
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
-UPSAMPLES = ("transpose", "resize_conv", "subpixel")
 RESIZE_METHODS = ("nearest", "bilinear")
-OUTPUT_ACTIVATIONS = ("tanh", "sigmoid", "none")
 
 # Keys that may differ between a run and its resume without invalidating the
 # checkpoint (they change how long or how loudly it runs, not what it trains).
@@ -186,7 +186,10 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Raises `ConfigError` (one line, naming the key) for unknown keys, wrong types, impossible values."""
+  """Raises `ConfigError` (one line, naming the key) for unknown keys, wrong types, impossible values.
+
+  Every key but ``task``, whose allowed values are the registered tasks (`tasks.get` checks it).
+  """
   defaults = flat_items(base())
   values = flat_items(cfg)
   for key in values:
@@ -200,10 +203,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check_type(key, values[key], default)
 
   v = values
-  _require(v["task"] in TASKS, "task", v["task"], f"one of {TASKS}")
-  _require(v["dataset.source"] in SOURCES, "dataset.source", v["dataset.source"], f"one of {SOURCES}")
+  sources, activations = data.SOURCES, tuple(models.ACTIVATIONS)
+  upsamples, output_activations = models.UPSAMPLE_METHODS, tuple(models.OUTPUT_ACTIVATIONS)
+  _require(v["dataset.source"] in sources, "dataset.source", v["dataset.source"], f"one of {sources}")
   _require(v["model.padding"] in PADDINGS, "model.padding", v["model.padding"], f"one of {PADDINGS}")
-  _require(v["model.activation"] in ACTIVATIONS, "model.activation", v["model.activation"], f"one of {ACTIVATIONS}")
+  _require(v["model.activation"] in activations, "model.activation", v["model.activation"], f"one of {activations}")
   for key in ("model.features", "model.dense"):
     ok = all(isinstance(w, int) and w > 0 for w in v[key])
     _require(ok, key, v[key], "a tuple of positive ints")
@@ -224,7 +228,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _require(v[key] >= 1, key, v[key], ">= 1")
   _require(v["keep_checkpoints"] >= 1, "keep_checkpoints", v["keep_checkpoints"], ">= 1")
   _require(0 <= v["optimizer.b1"] < 1, "optimizer.b1", v["optimizer.b1"], "in [0, 1)")
-  _require(v["generator.upsample"] in UPSAMPLES, "generator.upsample", v["generator.upsample"], f"one of {UPSAMPLES}")
+  _require(v["generator.upsample"] in upsamples, "generator.upsample", v["generator.upsample"], f"one of {upsamples}")
   _require(
     v["generator.resize_method"] in RESIZE_METHODS,
     "generator.resize_method",
@@ -232,10 +236,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     f"one of {RESIZE_METHODS}",
   )
   _require(
-    v["generator.output_activation"] in OUTPUT_ACTIVATIONS,
+    v["generator.output_activation"] in output_activations,
     "generator.output_activation",
     v["generator.output_activation"],
-    f"one of {OUTPUT_ACTIVATIONS}",
+    f"one of {output_activations}",
   )
   for key in ("generator.features", "discriminator.features", "autoencoder.features"):
     ok = len(v[key]) > 0 and all(isinstance(w, int) and w > 0 for w in v[key])
@@ -255,7 +259,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   d_lr = v["discriminator.learning_rate"]
   _require(d_lr >= 0 and math.isfinite(d_lr), "discriminator.learning_rate", d_lr, ">= 0 (0 = optimizer's)")
   real = v["measure.real_source"]
-  _require(real == "" or real in SOURCES, "measure.real_source", real, f"'' (the eval split) or one of {SOURCES}")
+  _require(real == "" or real in sources, "measure.real_source", real, f"'' (the eval split) or one of {sources}")
   if v["task"] == "inversion":
     _require(
       bool(v["inversion.classifier_workdir"]),

@@ -9,7 +9,6 @@ sample counts, which every result states (``num_generated``, ``num_real``).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -19,25 +18,24 @@ import numpy as np
 
 from deconv_jax import config as config_lib
 from deconv_jax import data, models, quality
+from deconv_jax import workdir as workdir_lib
+from deconv_jax.tasks import classifier
 
 
 class Featurizer:
   """A trained classifier run's penultimate features ``[N, D]`` and logits ``[N, K]``, batched and jitted."""
 
   def __init__(self, workdir: str, key: str = "measure.classifier_workdir"):
-    from deconv_jax import evaluate  # evaluate imports this module
-
-    path = os.path.join(workdir, "config.json")
-    if not workdir or not os.path.exists(path):
+    config = workdir_lib.saved_config(workdir) if workdir else None
+    if config is None:
       raise config_lib.ConfigError(f"config.{key}={workdir!r} is not a training run (no config.json)")
-    config = config_lib.load_json(path)
     if config.task != "classifier":
       raise config_lib.ConfigError(f"config.{key}={workdir!r} is a {config.task!r} run, not a classifier run")
-    _, state, self.step, info = evaluate.restore_run(config, workdir, command="measure")
-    self.workdir, self.image_shape = workdir, info.image_shape
-    model = models.cnn_from_config(config.model, info.num_classes)
+    run = workdir_lib.restore(config, workdir, classifier, command="measure")
+    self.image_shape = run.info.image_shape
+    model = classifier.build_model(config, run.info.num_classes)
     layer = f"hidden{len(model.dense)}" if model.dense else f"pool{len(model.features)}"
-    variables = {"params": jax.device_put(state.params)}
+    variables = {"params": jax.device_put(run.state.params)}
 
     @jax.jit
     def features_and_logits(images):
@@ -57,6 +55,17 @@ class Featurizer:
       features.append(f[: len(chunk)])
       logits.append(lg[: len(chunk)])
     return np.concatenate(features), np.concatenate(logits)
+
+
+def generator_quality(task: Any, state: Any, config: ml_collections.ConfigDict) -> dict[str, float]:
+  """FID, classifier score and checkerboard score of ``config.measure.num_samples`` images of ``task.generate_many``.
+
+  Measured against every image of ``config.measure.real_*`` (default: the eval split) with the
+  classifier run in ``config.measure.classifier_workdir``.
+  """
+  featurizer = Featurizer(config.measure.classifier_workdir)
+  generated = task.generate_many(state, config.measure.num_samples)
+  return generated_quality(generated, real_images(config), featurizer)
 
 
 def real_images(config: Any) -> np.ndarray:

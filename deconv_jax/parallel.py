@@ -21,6 +21,11 @@ def pmean(x: Any, axis_name: str | None) -> Any:
   return x if axis_name is None else lax.pmean(x, axis_name)
 
 
+def psum(x: Any, axis_name: str | None) -> Any:
+  """``lax.psum(x, axis_name)`` inside ``pmap``; ``x`` itself when compiled with ``jit`` (``axis_name=None``)."""
+  return x if axis_name is None else lax.psum(x, axis_name)
+
+
 def initialize(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0, auto: bool = False) -> None:
   """Starts multi-process JAX, if asked to; must run before anything touches the devices.
 

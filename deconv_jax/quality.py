@@ -1,7 +1,7 @@
 """Image-quality measurements for generated images: pure functions of arrays, no models, no state.
 
 Images are NHWC floats in ``[0, 1]``; features ``[N, D]``; classifier logits ``[N, K]``. Everything except
-PSNR/SSIM (which use ``dm_pix``) is computed in float64 numpy and returns a Python float.
+PSNR/SSIM (``jax.numpy``; SSIM from ``dm_pix``) is computed in float64 numpy and returns a Python float.
 
 - FID (Heusel et al., 2017): Fréchet distance between Gaussians fitted to two feature sets. The features may come
   from any network (here usually our own classifier, not Inception), so the numbers compare only with numbers from
@@ -9,7 +9,8 @@ PSNR/SSIM (which use ``dm_pix``) is computed in float64 numpy and returns a Pyth
 - Classifier score: the Inception Score (Salimans et al., 2016) with any classifier in place of Inception.
 - Checkerboard share/score: the fraction of spectral power at the stride-2 alias frequencies, where the periodic
   artifacts of uneven transposed-convolution overlap live (Odena, Dumoulin, Olah, 2016).
-- PSNR and SSIM for data range 1.
+- PSNR and SSIM for data range 1. `psnr_from_mse` is the one PSNR formula; the reconstruction tasks call it
+  inside their compiled eval step, with a floor on the MSE.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import dm_pix
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import linalg, special
@@ -140,9 +142,18 @@ def _as_images(a: np.ndarray, b: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
   return a, b
 
 
+def psnr_from_mse(mse: jax.Array, *, mse_floor: float = 0.0) -> jax.Array:
+  """PSNR in dB for data range 1 of mean squared errors (any shape): ``-10 log10(max(mse, mse_floor))``.
+
+  With ``mse_floor=0`` an exact match (mse 0) is ``inf``; a floor caps the PSNR at ``-10 log10(mse_floor)``.
+  """
+  return -10.0 * jnp.log10(jnp.maximum(mse, mse_floor))
+
+
 def psnr(a_NHWC: np.ndarray, b_NHWC: np.ndarray) -> float:
-  """Mean over the batch of ``-10 log10(mean((a - b)^2))`` (dm_pix.psnr, data range 1); ``inf`` if any a == b."""
-  return float(jnp.mean(dm_pix.psnr(*_as_images(a_NHWC, b_NHWC))))
+  """Mean over the batch of each image's PSNR (`psnr_from_mse`, no floor, data range 1); ``inf`` if any a == b."""
+  a, b = _as_images(a_NHWC, b_NHWC)
+  return float(jnp.mean(psnr_from_mse(jnp.mean((a - b) ** 2, axis=(1, 2, 3)))))
 
 
 def ssim(a_NHWC: np.ndarray, b_NHWC: np.ndarray) -> float:

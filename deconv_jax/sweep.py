@@ -29,8 +29,9 @@ from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
 # A driver, like a notebook: it runs `train` in-process, one variant after another.
-from deconv_jax import cli, data, evaluate, measure, tasks, train
+from deconv_jax import cli, data, measure, tasks, train
 from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import image_grid
 
 # name -> generator overrides. Kernel 4 overlaps evenly with stride 2; 3 and 5 do not (Odena et al. 2016).
@@ -86,7 +87,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str]) 
     start = time.time()
     train.train_and_evaluate(cfg, run_dir)
     seconds = _train_seconds(run_dir, time.time() - start)
-    _, state, _, _ = evaluate.restore_run(cfg, run_dir, command="sweep")
+    state = workdir_lib.restore(cfg, run_dir, task, command="sweep").state
     generated = task.generate_many(state, config.measure.num_samples)
     results[name] = {**measure.generated_quality(generated, real, featurizer), "train_seconds": seconds}
     rows.append(_row(name, results[name], seconds))

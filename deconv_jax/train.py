@@ -21,8 +21,9 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from deconv_jax import checkpoint, cli, data, evaluate, parallel, tasks
+from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks
 from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import MetricWriter
 from deconv_jax.progress import Progress, format_metrics, format_seconds
 
@@ -32,30 +33,6 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 def _log(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
-
-
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Creates ``workdir`` and saves ``config`` there; refuses a workdir holding another config's checkpoint."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise config_lib.ConfigError(f"--workdir={workdir} is not writable: {e.strerror}") from None
-  saved_path = os.path.join(workdir, "config.json")
-  if checkpoint.latest_step(workdir) is not None:
-    if not os.path.exists(saved_path):
-      raise config_lib.ConfigError(f"--workdir={workdir} holds checkpoints but no config.json: use a new --workdir")
-    diffs = config_lib.differences(config_lib.load_json(saved_path), config)
-    if diffs:
-      raise config_lib.ConfigError(
-        f"--workdir={workdir} holds a checkpoint of a different config ({'; '.join(diffs[:3])}): "
-        "use a new --workdir, or the config it was trained with"
-      )
-  if jax.process_index() == 0:
-    config_lib.save_json(config, saved_path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -78,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   tasks.check_model_fits(task, config, info)  # Before any real work.
-  prepare_workdir(config, workdir)
+  workdir_lib.prepare(config, workdir)
   state = task.create_state(config, init_rng, info, total_steps)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -105,8 +82,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = parallel.replicate(state)
   else:
     p_train_step = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
-  p_eval_step = evaluate.compile_eval_step(task)
-  samples_fn = jax.jit(task.samples) if hasattr(task, "samples") else None  # generator tasks: a grid of samples
+  p_eval_step = eval_loop.compile_eval_step(task)
+  samples_fn = jax.jit(task.samples) if task.samples is not None else None  # generator tasks: a grid of samples
   host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
 
   def save(step: int) -> None:
@@ -120,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = None
   if start_step >= total_steps:  # Complete already: evaluate what is there; its eval record exists.
     _log(f"already trained to step {start_step} of {total_steps}; evaluating {workdir}")
-    eval_metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+    eval_metrics = eval_loop.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
   else:
     _log(
       f"training {config.task} ({num_params:,} params) on {config.dataset.source}:{config.dataset.train_split} "
@@ -168,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.log(step, train_metrics, train_metrics["steps_per_sec"])
       writer.write(step, "train", train_metrics)
     if step % config.eval_every_steps == 0 or last:
-      eval_metrics = evaluate.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+      eval_metrics = eval_loop.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
       writer.write(step, "eval", eval_metrics)
       progress.write(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + format_metrics(eval_metrics))
     if samples_fn is not None and (step % config.sample_every_steps == 0 or last):

@@ -33,9 +33,11 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
-from deconv_jax import attribution, cli, data, evaluate, models, ops
+from deconv_jax import attribution, cli, data, models, ops
 from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import image_grid
+from deconv_jax.tasks import classifier
 
 RED = np.array([1.0, 0.0, 0.0])
 GAP = 4  # pixels between cells
@@ -292,9 +294,9 @@ def visualize_workdir(
   """Writes the figures of the classifier run in ``workdir`` into it; returns their paths."""
   if config.task != "classifier":
     raise config_lib.ConfigError(f"visualize needs a classifier run; config.task is {config.task!r}")
-  _, state, _, info = evaluate.restore_run(config, workdir, command="visualize")
-  model = models.cnn_from_config(config.model, info.num_classes)
-  variables = {"params": state.params}
+  run = workdir_lib.restore(config, workdir, classifier, command="visualize")
+  model = classifier.build_model(config, run.info.num_classes)
+  variables = {"params": run.state.params}
   layers = [f"act{i}" for i in range(1, len(model.features) + 1)]
   for c in channels:
     if not 0 <= c < min(model.features):

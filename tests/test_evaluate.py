@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import evaluate
+from deconv_jax import eval_loop
 
 
 @pytest.fixture
@@ -71,4 +71,4 @@ def test_evaluating_on_images_of_another_shape_is_refused(trained):
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=4), pytest.raises(config_lib.ConfigError, match=r"\(32, 32, 3\)"):
-    evaluate.evaluate_workdir(c, workdir)
+    eval_loop.evaluate_workdir(c, workdir)

@@ -12,7 +12,8 @@ import tensorflow_datasets as tfds
 from conftest import REPO
 
 from deconv_jax import config as config_lib
-from deconv_jax import data, evaluate, sweep, train
+from deconv_jax import data, sweep, train
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.tasks import gan
 
 
@@ -118,9 +119,9 @@ def test_eight_devices_give_the_one_device_parameters(cli, tmp_path):
     workdir = str(tmp_path / f"d{devices}")
     cli("deconv_jax.train", f"--workdir={workdir}", *GAN_ARGS, devices=devices, check=True)
     cfg = config_lib.load_json(os.path.join(workdir, "config.json"))
-    _, state, step, _ = evaluate.restore_run(cfg, workdir)
-    assert step == 3
-    params[devices] = state.params
+    run = workdir_lib.restore(cfg, workdir, gan)
+    assert run.step == 3
+    params[devices] = run.state.params
     assert sorted(os.listdir(os.path.join(workdir, "samples"))) == ["samples_000002.png", "samples_000003.png"]
   for a, b in zip(jax.tree.leaves(params[1]), jax.tree.leaves(params[8])):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax.training import train_state
-from jax import lax
 
-from deconv_jax import models, parallel
+from deconv_jax import models, parallel, quality
 from deconv_jax.tasks import optim
 
-metric_names = ("loss",)
+model_section = "autoencoder"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid: a reconstruction needs inputs, which a state does not hold
+generate_many = None  # no generated images to measure
 MSE_FLOOR = 1e-10  # a perfect reconstruction's PSNR is 100 dB, not inf
 
 
@@ -84,12 +85,13 @@ def reconstruct(state: TrainState, images_NHWC: jax.Array) -> jax.Array:
 def reconstruction_sums(recon_BHWC: jax.Array, images_BHWC: jax.Array, mask_B: jax.Array) -> dict[str, jax.Array]:
   """Sums over the real rows (``mask_B`` 1; 0 for padding) of per-image MSE, PSNR, SSIM, and their count.
 
-  For image ``i``: ``mse_i = mean((recon_i - image_i)^2)``, ``psnr_i = -10 log10(max(mse_i, 1e-10))`` (data
-  range 1, so at most 100 dB) and ``ssim_i = dm_pix.ssim(recon_i, image_i, max_val=1)`` (needs H, W >= 11).
+  For image ``i``: ``mse_i = mean((recon_i - image_i)^2)``, ``psnr_i = quality.psnr_from_mse(mse_i)`` floored at
+  `MSE_FLOOR` (data range 1, so at most 100 dB) and ``ssim_i = dm_pix.ssim(recon_i, image_i, max_val=1)``
+  (needs H, W >= 11).
   Both image batches are ``[B, H, W, C]`` in ``[0, 1]``.
   """
   mse_B = jnp.mean((recon_BHWC - images_BHWC) ** 2, axis=(1, 2, 3))
-  psnr_B = -10.0 * jnp.log10(jnp.maximum(mse_B, MSE_FLOOR))
+  psnr_B = quality.psnr_from_mse(mse_B, mse_floor=MSE_FLOOR)
   ssim_B = dm_pix.ssim(recon_BHWC, images_BHWC, max_val=1.0)
   return {
     "mse": jnp.sum(mse_B * mask_B),
@@ -102,7 +104,7 @@ def reconstruction_sums(recon_BHWC: jax.Array, images_BHWC: jax.Array, mask_B: j
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
   """`reconstruction_sums` of ``batch`` (``image`` [B, H, W, C], ``mask`` [B]), ``psum``-ed over ``axis_name``."""
   sums = reconstruction_sums(reconstruct(state, batch["image"]), batch["image"], batch["mask"])
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)
 
 
 def eval_metrics(sums: dict[str, float]) -> dict[str, float]:

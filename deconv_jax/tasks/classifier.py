@@ -14,7 +14,9 @@ from jax import lax
 from deconv_jax import augment, models, parallel
 from deconv_jax.tasks import optim
 
-metric_names = ("loss", "accuracy")
+model_section = "model"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid
+generate_many = None  # no generated images to measure
 
 
 class TrainState(train_state.TrainState):
@@ -74,7 +76,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str 
     "correct": jnp.sum((jnp.argmax(logits_BK, -1) == batch["label"]) * mask_B),
     "count": jnp.sum(mask_B),
   }
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)
 
 
 def eval_metrics(sums: dict[str, float]) -> dict[str, float]:

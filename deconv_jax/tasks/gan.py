@@ -20,7 +20,6 @@ from jax import lax
 from deconv_jax import models, parallel
 from deconv_jax.tasks import optim
 
-metric_names = ("d_loss", "g_loss", "d_real", "d_fake")
 model_section = "generator"  # the config section named when the model cannot take the data's images
 NUM_SAMPLES = 64  # the fixed latent batch of the sample grids
 SAMPLE_SEED = 1234
@@ -48,10 +47,15 @@ def to_model_range(images: jax.Array, output_activation: str) -> jax.Array:
   return images * 2 - 1 if output_activation == "tanh" else images
 
 
-def to_unit_range(images: jax.Array, output_activation: str) -> jax.Array:
-  """The generator's output range -> ``[0, 1]``, clipped."""
+def to_unit_range(images: jax.Array, output_activation: str, *, clip: bool = True) -> jax.Array:
+  """The generator's output range -> ``[0, 1]``; clipped, unless ``clip=False`` (a loss keeps its gradient)."""
   images = (images + 1) / 2 if output_activation == "tanh" else images
-  return jnp.clip(images, 0.0, 1.0)
+  return jnp.clip(images, 0.0, 1.0) if clip else images
+
+
+def variables(params: dict[str, Any], batch_stats: dict[str, Any]) -> dict[str, Any]:
+  """A generator's flax variables: ``{"params", "batch_stats"}``, without ``batch_stats`` when it has none (no BN)."""
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 def build_generator(config: ml_collections.ConfigDict, info: Any, axis_name: str | None = None) -> models.Generator:
@@ -137,8 +141,8 @@ def train_step(
   labels_B = batch["label"] if generator.num_classes else None
 
   def generate(g_params, batch_stats):
-    variables = {"params": g_params, "batch_stats": batch_stats} if batch_stats else {"params": g_params}
-    fake, updates = generator.apply(variables, z_BD, labels_B, train=True, mutable=["batch_stats"])
+    g_vars = variables(g_params, batch_stats)
+    fake, updates = generator.apply(g_vars, z_BD, labels_B, train=True, mutable=["batch_stats"])
     return fake, updates.get("batch_stats", {})
 
   # ---- discriminator: real -> 1, fake -> 0.
@@ -182,12 +186,10 @@ def generate(state: GANState, z_ND: jax.Array, labels_N: jax.Array | None = None
   A conditional GAN without ``labels_N`` draws the classes ``0, 1, ..., K-1, 0, ...`` in turn.
   """
   generator = state.generator
-  variables = {"params": state.params["generator"]}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
   if generator.num_classes and labels_N is None:
     labels_N = jnp.arange(z_ND.shape[0]) % generator.num_classes
-  images = generator.apply(variables, z_ND, labels_N if generator.num_classes else None)
+  g_vars = variables(state.params["generator"], state.batch_stats)
+  images = generator.apply(g_vars, z_ND, labels_N if generator.num_classes else None)
   return to_unit_range(images, generator.output_activation)
 
 
@@ -240,7 +242,7 @@ def eval_step(state: GANState, batch: dict[str, jax.Array], *, axis_name: str | 
     "fake_correct": jnp.sum((fake_logits < 0) * mask_B),
     "count": jnp.sum(mask_B),
   }
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)
 
 
 def eval_metrics(sums: dict[str, float]) -> dict[str, float]:

@@ -28,12 +28,14 @@ from flax import struct
 from jax import lax
 
 from deconv_jax import checkpoint, models, parallel
-from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
-from deconv_jax.tasks import autoencoder, gan, optim
+from deconv_jax.tasks import autoencoder, classifier, gan, optim
 
-metric_names = autoencoder.metric_names
 eval_metrics = autoencoder.eval_metrics
+model_section = "generator"  # the config section named when the model cannot take the data's images
+samples = None  # no sample grid: a reconstruction needs inputs
+generate_many = None  # no generated images to measure
 WORKDIR_KEY = "config.inversion.classifier_workdir"
 
 
@@ -62,14 +64,13 @@ def _restore_classifier(workdir: str, step: int) -> tuple[models.CNN, Any, tuple
   Cached by (absolute workdir, step): `create_state` runs under ``jax.eval_shape`` before it runs
   for real, and a checkpoint at a given step never changes.
   """
-  from deconv_jax import evaluate  # evaluate imports tasks: import it when it is used, not at import time.
-
-  saved = config_lib.load_json(os.path.join(workdir, "config.json"))
+  saved = workdir_lib.saved_config(workdir)
   try:
-    task, state, _, info = evaluate.restore_run(saved, workdir, command="inversion")
+    run = workdir_lib.restore(saved, workdir, classifier, command="inversion")
   except ConfigError as e:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r}: {e}") from None
-  return task.build_model(saved, info.num_classes), jax.device_get(state.params), tuple(info.image_shape)
+  model = classifier.build_model(saved, run.info.num_classes)
+  return model, jax.device_get(run.state.params), tuple(run.info.image_shape)
 
 
 def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[models.CNN, Any]:
@@ -78,10 +79,10 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
   ConfigError (one line, naming ``config.inversion.classifier_workdir``) if ``workdir`` has no
   config.json or no checkpoint, is not a classifier run, or was trained on images of another shape.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = workdir_lib.saved_config(workdir)
+  if saved is None:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no config.json: give the workdir of a trained classifier run")
-  if (task := config_lib.load_json(path).task) != "classifier":
+  if (task := saved.task) != "classifier":
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} is a {task!r} run, not a classifier run")
   step = checkpoint.latest_step(workdir)
   if step is None:
@@ -154,11 +155,6 @@ def features(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
   return lax.stop_gradient(acts.reshape(acts.shape[0], -1))
 
 
-def _to_unit(images: jax.Array, output_activation: str) -> jax.Array:
-  """The generator's output range -> ``[0, 1]``, *not* clipped (the loss keeps its gradient everywhere)."""
-  return (images + 1) / 2 if output_activation == "tanh" else images
-
-
 def train_step(
   state: InversionState,
   batch: dict[str, jax.Array],
@@ -178,9 +174,9 @@ def train_step(
   features_BF = features(state, images_BHWC)
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats} if state.batch_stats else {"params": params}
-    out_BHWC, updates = generator.apply(variables, features_BF, train=True, mutable=["batch_stats"])
-    recon_BHWC = _to_unit(out_BHWC, generator.output_activation)
+    g_vars = gan.variables(params, state.batch_stats)
+    out_BHWC, updates = generator.apply(g_vars, features_BF, train=True, mutable=["batch_stats"])
+    recon_BHWC = gan.to_unit_range(out_BHWC, generator.output_activation, clip=False)
     return jnp.mean((recon_BHWC - images_BHWC) ** 2), updates.get("batch_stats", {})
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -200,10 +196,7 @@ def reconstruct(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
 
   The generator runs in inference mode: batch norm uses the running statistics.
   """
-  variables = {"params": state.params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  out_NHWC = state.generator.apply(variables, features(state, images_NHWC))
+  out_NHWC = state.generator.apply(gan.variables(state.params, state.batch_stats), features(state, images_NHWC))
   return gan.to_unit_range(out_NHWC, state.generator.output_activation)
 
 
@@ -212,4 +205,4 @@ def eval_step(
 ) -> dict[str, jax.Array]:
   """`autoencoder.reconstruction_sums` of ``batch`` (``image`` [B, H, W, C], ``mask`` [B]), psum-ed over axis_name."""
   sums = autoencoder.reconstruction_sums(reconstruct(state, batch["image"]), batch["image"], batch["mask"])
-  return sums if axis_name is None else lax.psum(sums, axis_name)
+  return parallel.psum(sums, axis_name)

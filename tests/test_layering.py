@@ -1,0 +1,81 @@
+"""Imports point one way: the floors written in the README hold for every import in ``deconv_jax/``.
+
+The floors are the numbered lines after "Imports point one way" in the README's "What is where"; a
+line's modules are the backticked names before " — ". A module may import only modules on lower
+floors. Every import statement counts, those inside functions too: a function-local import is an arrow.
+"""
+
+import ast
+import pathlib
+import re
+
+import pytest
+from conftest import REPO
+
+PACKAGE = pathlib.Path(REPO) / "deconv_jax"
+
+
+def readme_floors() -> list[list[str]]:
+  text = (pathlib.Path(REPO) / "README.md").read_text()
+  section = text[text.index("Imports point one way") :]
+  section = section[: section.index("\n## ")]
+  lines = [m.group(1) for m in re.finditer(r"^\d+\. (.+)$", section, re.M)]
+  return [re.findall(r"`([\w.]+)`", line.split(" — ")[0]) for line in lines]
+
+
+FLOORS = readme_floors()
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+
+
+def module_name(path: pathlib.Path) -> str:
+  """``deconv_jax/tasks/gan.py`` -> ``tasks.gan``; ``tasks/__init__.py`` -> ``tasks``; ``deconv_jax`` -> ``""``."""
+  parts = path.relative_to(PACKAGE).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _ours(dotted: str) -> str | None:
+  """``deconv_jax.tasks.gan`` -> ``tasks.gan``, ``deconv_jax`` -> ``""``; None for anything not ours."""
+  if dotted == "deconv_jax" or dotted.startswith("deconv_jax."):
+    return dotted.removeprefix("deconv_jax").removeprefix(".")
+  return None
+
+
+def imported(name: str) -> set[str]:
+  """Our modules that module ``name`` imports, anywhere in it: ``from deconv_jax.tasks import gan`` -> ``tasks.gan``."""
+  path = MODULES[name]
+  full = ".".join(filter(None, ["deconv_jax", name]))
+  package = full if path.name == "__init__.py" else full.rpartition(".")[0]
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found |= {t for alias in node.names if (t := _ours(alias.name)) is not None}
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:  # relative: the package, up level - 1
+        anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+        base = ".".join(filter(None, [anchor, base]))
+      if (ours := _ours(base)) is None:
+        continue
+      for alias in node.names:
+        sub = ".".join(filter(None, [ours, alias.name]))
+        found.add(sub if sub in MODULES else ours)
+  return found
+
+
+def test_every_module_is_on_exactly_one_floor():
+  listed = [name for names in FLOORS for name in names]
+  assert len(listed) == len(set(listed)), "a module is on two floors"
+  assert sorted(listed) == sorted(m for m in MODULES if m), "the README's floors and deconv_jax/ differ"
+
+
+def test_the_package_itself_imports_nothing_of_ours():
+  assert imported("") == set()
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m))
+def test_imports_point_down(name):
+  upward = [f"{t} (floor {FLOOR[t] + 1})" for t in sorted(imported(name)) if FLOOR[t] >= FLOOR[name]]
+  assert not upward, f"{name} (floor {FLOOR[name] + 1}) imports {', '.join(upward)}"
