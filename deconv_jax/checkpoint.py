@@ -1,13 +1,22 @@
 """Checkpoints in ``WORKDIR/checkpoints`` with orbax: the train state and the data iterator, together.
 
-orbax writes each step to a temporary directory and renames it when complete,
-so a run killed mid-save keeps its previous checkpoints; restoring picks the
-latest complete one.
+What a run can count on:
+
+* orbax writes each step into a temporary directory and renames it when complete, so a run
+  killed mid-save keeps its previous checkpoints; temporary directories left by a killed save
+  are removed when the next run opens the manager.
+* Saves are synchronous: a full disk or any write error stops the run at that save with one
+  line (`CheckpointError`), the half-written step removed and the previous checkpoint intact.
+* `restore_latest` restores the newest checkpoint that restores; a damaged one (a truncated
+  file) is reported in one line and the previous one is used.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -15,28 +24,60 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be written or no checkpoint can be read: the message is one line."""
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
 def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """The run's checkpoint manager, keeping the last ``keep`` steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+  """The run's checkpoint manager, keeping the last ``keep`` steps; removes what killed saves left."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
+  )
+  return ocp.CheckpointManager(directory(workdir), options=options)
+
+
+def steps(workdir: str) -> list[int]:
+  """The steps of the complete (finalized) checkpoints in ``workdir``, ascending, per orbax; creates nothing."""
+  if not os.path.isdir(directory(workdir)):
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory(workdir)))
 
 
 def latest_step(workdir: str) -> int | None:
   """The latest complete checkpoint's step in ``workdir``, or None; creates nothing."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
-    return None
-  steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
-  complete = [s for s in steps if os.path.exists(os.path.join(directory, str(s), "_CHECKPOINT_METADATA"))]
-  return max(complete, default=None)
+  return max(steps(workdir), default=None)
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  if len(text) > 240:  # keep the start (what) and the end (why: "File too large", "No space left")
+    text = f"{text[:120]} ... {text[-110:]}"
+  return f"{type(e).__name__}: {text}"
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any | None) -> None:
-  """Saves ``state`` (host arrays) and, if given, the grain iterator's position, as one step."""
+  """Saves ``state`` (host arrays) and, if given, the grain iterator's position, as one step.
+
+  On a write error, removes what the failed save left and raises `CheckpointError`.
+  """
   items = {"state": ocp.args.StandardSave(jax.device_get(state))}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  mngr.save(step, args=ocp.args.Composite(**items), force=True)
+  try:
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    mngr.wait_until_finished()
+  except Exception as e:
+    if jax.process_index() == 0:
+      for leftover in glob.glob(os.path.join(str(mngr.directory), f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    previous = [s for s in mngr.all_steps() if s != step]
+    kept = f"the checkpoint of step {max(previous)} is intact" if previous else "no earlier checkpoint exists"
+    message = f"saving the checkpoint of step {step} in {mngr.directory} failed ({_one_line(e)}); {kept}"
+    raise CheckpointError(message) from None
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, state_template: Any, data_iterator: Any | None = None) -> Any:
@@ -45,3 +86,40 @@ def restore(mngr: ocp.CheckpointManager, step: int, state_template: Any, data_it
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   return mngr.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def restore_latest(
+  mngr: ocp.CheckpointManager,
+  state_template: Any,
+  data_iterator: Any | None = None,
+  log: Callable[[str], None] = print,
+) -> tuple[Any, int] | None:
+  """``(state, step)`` of the newest checkpoint that restores, or None if there is no checkpoint.
+
+  A checkpoint that fails to restore (a truncated or missing file) is reported through ``log``
+  in one line, moved to ``WORKDIR/damaged_checkpoints/<step>`` and the one before it is tried;
+  `CheckpointError` if none restores.
+  """
+  available = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(available):
+    try:
+      restored = restore(mngr, step, state_template, data_iterator)
+    except Exception as e:
+      # Moved aside, not deleted: the run will write this step again, and a person may want to look.
+      aside = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints", str(step))
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(os.path.join(str(mngr.directory), str(step)), aside)
+      nxt = f"trying step {available[i + 1]}" if i + 1 < len(available) else "no earlier checkpoint"
+      log(f"checkpoint {step} is damaged ({_one_line(e)}): moved to {aside}; {nxt}")
+      mngr.reload()
+      continue
+    return restored, step
+  if available:
+    aside = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints")
+    raise CheckpointError(
+      f"no checkpoint in {mngr.directory} could be restored (steps {available}, now in {aside}): "
+      "run again to start from step 0"
+    )
+  return None

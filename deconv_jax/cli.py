@@ -6,10 +6,12 @@ there) is reported as ``error: ...`` on stderr, never as a traceback.
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import re
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -82,12 +84,35 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], object],
   def guarded(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; keep the console for progress.
       logging.set_verbosity(logging.WARNING)
+    _quiet_orphaned_async_errors()
     try:
       main(argv)
+    except CheckpointError as e:
+      # orbax's event-loop threads still hold the failed reads or writes; left to shut down, they print
+      # tracebacks of the errors this line already reports. Nothing is pending: the manager is closed.
+      print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)
     except USER_ERRORS as e:
       die(str(e))
 
   app.run(guarded, flags_parser=lambda argv: parse_flags(argv, config_flag))
+
+
+def _quiet_orphaned_async_errors() -> None:
+  """When one read or write of an orbax save or restore fails, its sibling tasks fail too: orbax's threads log
+  each with its traceback, asyncio logs them again ("Task exception was never retrieved") and tensorstore's
+  callbacks print "Event loop is closed". The exception that reaches the command becomes the one-line error
+  (`checkpoint.CheckpointError`); these echoes of it are dropped."""
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+  logging.get_absl_logger().addFilter(lambda record: "/orbax/" not in record.pathname or record.levelno < logging.ERROR)
+  default = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+      default(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def _workdir_from_argv(argv: list[str]) -> str:

@@ -64,8 +64,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---------------------------------------------------------------- checkpoint restore
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
   start_step = 0
-  if (latest := mngr.latest_step()) is not None:
-    state = checkpoint.restore(mngr, latest, state, train_iter)
+  try:
+    restored = checkpoint.restore_latest(mngr, state, train_iter, log=_log)
+  except checkpoint.CheckpointError:
+    mngr.close()  # an open manager's threads outlive the exit otherwise
+    raise
+  if restored is not None:
+    state, _ = restored
     start_step = int(state.step)
     if start_step < total_steps:
       _log(f"resumed from {workdir} at step {start_step}")
