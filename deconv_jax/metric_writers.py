@@ -38,15 +38,25 @@ def save_png(grid: np.ndarray, path: str, zoom: int = 2) -> None:
 class MetricWriter:
   """``write(step, split, metrics)`` appends ``{"step", "split", **metrics}`` and logs ``split/name`` scalars."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int | None = None):
+    """``resume_step``: the step a run resumes from; records of later steps (written before the run was
+    interrupted, and about to be written again) are dropped from ``metrics.jsonl`` first."""
     self._active = jax.process_index() == 0
     if not self._active:
       return
     from tensorboardX import SummaryWriter
 
     self._workdir = workdir
-
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - open until close()
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None and os.path.exists(path):
+      with open(path) as f:
+        lines = f.readlines()
+      kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
+      if len(kept) != len(lines):
+        with open(path + ".tmp", "w") as f:
+          f.writelines(kept)
+        os.replace(path + ".tmp", path)
+    self._jsonl = open(path, "a")  # noqa: SIM115 - open until close()
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:

@@ -11,14 +11,18 @@ evals, checkpoints), summary.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks
@@ -35,8 +39,33 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training to the end; returns the final eval metrics. Importable from a notebook."""
+class Preempted(Exception):  # not an error: the run stopped where it was asked to, and saved
+  """`train_and_evaluate` stopped because ``should_stop`` said so, after saving a checkpoint at ``step``."""
+
+  def __init__(self, step: int):
+    super().__init__(f"preempted at step {step}: its checkpoint is saved; run the same command to resume")
+    self.step = step
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, should_stop: Callable[[int], bool] | None = None
+) -> dict[str, float]:
+  """Runs (or resumes) training to the end; returns the final eval metrics. Importable from a notebook.
+
+  The workdir is locked while the run uses it: a second run on it is refused with one line.
+  ``should_stop(step)`` is asked after every step (by every process, at the same steps); when it says
+  yes, the run saves a checkpoint of that step and raises `Preempted` (`StopSignal` asks SIGTERM and SIGINT).
+  """
+  with contextlib.ExitStack() as held:  # what the run holds (lock, checkpoint manager, writer) until it ends
+    return _train_and_evaluate(config, workdir, held, should_stop)
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  held: contextlib.ExitStack,
+  should_stop: Callable[[int], bool] | None,
+) -> dict[str, float]:
   # ---------------------------------------------------------------- config & workdir
   config_lib.validate(config)
   task = tasks.get(config.task)
@@ -55,7 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   tasks.check_model_fits(task, config, info)  # Before any real work.
-  workdir_lib.prepare(config, workdir)
+  check_duration_unchanged(config, workdir, total_steps, len(train_source))
+  held.enter_context(workdir_lib.prepare(config, workdir))
   state = task.create_state(config, init_rng, info, total_steps)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
@@ -63,12 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- checkpoint restore
   mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  held.callback(mngr.close)  # an open manager's threads would outlive the run
   start_step = 0
-  try:
-    restored = checkpoint.restore_latest(mngr, state, train_iter, log=_log)
-  except checkpoint.CheckpointError:
-    mngr.close()  # an open manager's threads outlive the exit otherwise
-    raise
+  restored = checkpoint.restore_latest(mngr, state, train_iter, log=_log)
   if restored is not None:
     state, _ = restored
     start_step = int(state.step)
@@ -94,8 +121,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(step: int) -> None:
     checkpoint.save(mngr, step, host_state(), train_iter)
 
+  def stop_if_not_finite(metrics: dict[str, float], split: str, step: int) -> None:
+    """A NaN or infinite metric ends the run (exit status 3), before anything of this step is saved."""
+    if bad := [k for k, v in metrics.items() if not np.isfinite(v)]:
+      if progress is not None:
+        progress.close()
+      kept = mngr.latest_step()
+      kept = f"the checkpoint of step {kept} in {workdir} is kept" if kept is not None else "no checkpoint was saved"
+      raise FloatingPointError(f"{split} {bad[0]} is {metrics[bad[0]]} at step {step}: stopped; {kept}")
+
   # ---------------------------------------------------------------- loop
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, resume_step=start_step if start_step < total_steps else None)
+  held.callback(writer.close)
   eval_metrics: dict[str, float] = {}
   step = start_step
   t_start = time.time()
@@ -137,12 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if in_flight is not None:  # float() above waited for it
         progress.step()
         in_flight = None
-      if bad := [k for k, v in train_metrics.items() if not np.isfinite(v)]:
-        mngr.wait_until_finished()
-        progress.close()
-        raise FloatingPointError(
-          f"{bad[0]} is {train_metrics[bad[0]]} at step {step}: stopped; the last good checkpoint in {workdir} is kept"
-        )
+      stop_if_not_finite(train_metrics, "train", step)
       now = time.time()
       if step > steps_at_last:
         train_metrics["steps_per_sec"] = (step - steps_at_last) / max(now - t_last, 1e-9)
@@ -151,24 +183,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write(step, "train", train_metrics)
     if step % config.eval_every_steps == 0 or last:
       eval_metrics = eval_loop.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+      stop_if_not_finite(eval_metrics, "eval", step)
       writer.write(step, "eval", eval_metrics)
       progress.write(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + format_metrics(eval_metrics))
     if samples_fn is not None and (step % config.sample_every_steps == 0 or last):
       writer.write_images(step, "samples", jax.device_get(samples_fn(host_state())))
     if step % config.checkpoint_every_steps == 0 or last:
       save(step)
+    if should_stop is not None and should_stop(step) and not last:
+      if step % config.checkpoint_every_steps:
+        save(step)
+      progress.close()
+      raise Preempted(step)
 
   # ---------------------------------------------------------------- summary
   if progress is not None:
     progress.close()
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.close()
   _log(
     f"done: {config.task} {step} steps in {format_seconds(time.time() - t_start)} | "
     f"eval {config.dataset.eval_split} {format_metrics(eval_metrics)} | workdir {workdir}"
   )
   return eval_metrics
+
+
+def check_duration_unchanged(config: ml_collections.ConfigDict, workdir: str, total_steps: int, examples: int) -> None:
+  """Refuses to resume with another duration when the learning-rate schedule is built from it (one line).
+
+  A cosine schedule decays to 0 at the run's last step: a resume that changed the duration would
+  jump to another point of another curve. A constant schedule does not depend on it, so such a
+  run may be extended.
+  """
+  saved = workdir_lib.saved_config(workdir)
+  if saved is None or checkpoint.latest_step(workdir) is None or config.optimizer.schedule == "constant":
+    return
+  started = config_lib.num_train_steps(saved, examples)
+  if started != total_steps:
+    key = "num_train_steps" if config.num_train_steps > 0 else "num_epochs"
+    raise config_lib.ConfigError(
+      f"config.{key}: the run in {workdir} has a {config.optimizer.schedule} learning-rate schedule over "
+      f"{started} steps; resuming for {total_steps} would change it: keep its duration, or use a new --workdir"
+    )
+
+
+class StopSignal:
+  """``should_stop`` for `train_and_evaluate`: true after SIGTERM (how Cloud TPU and most schedulers preempt)
+  or SIGINT (Ctrl-C) has arrived, at a step every process agrees on.
+
+  One process: a Python handler records the signal. Several: JAX's distributed runtime already listens
+  for SIGTERM and `multihost_utils.reached_preemption_sync_point` names the same step on every process;
+  SIGINT is passed on to it as SIGTERM.
+  """
+
+  def __init__(self):
+    self.multi_process = jax.process_count() > 1
+    self.received = False
+    signal.signal(signal.SIGINT, self._forward if self.multi_process else self._record)
+    if not self.multi_process:
+      signal.signal(signal.SIGTERM, self._record)
+
+  def _record(self, signum: int, frame: object) -> None:
+    self.received = True
+
+  def _forward(self, signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  def __call__(self, step: int) -> bool:
+    if self.multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
 
 
 def define_flags() -> None:
@@ -189,7 +271,10 @@ def main(argv: list[str]) -> None:
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed)
   name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("workdirs", name))
+    train_and_evaluate(FLAGS.config, FLAGS.workdir or os.path.join("workdirs", name), should_stop=StopSignal())
+  except Preempted as e:
+    _log(str(e))
+    sys.exit(0)
   except FloatingPointError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(3)

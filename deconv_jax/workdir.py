@@ -10,8 +10,12 @@ task reads a classifier run), so this module sits below them and imports none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
+import socket
+import time
 from typing import Any
 
 import jax
@@ -47,8 +51,45 @@ def saved_config(path: str) -> ml_collections.ConfigDict | None:
   return config_lib.load_json(_config_path(path)) if os.path.exists(_config_path(path)) else None
 
 
-def prepare(config: ml_collections.ConfigDict, path: str) -> None:
-  """Creates ``path`` and saves ``config`` there; refuses a directory holding another config's checkpoint."""
+class Lock:
+  """An exclusive lock on a run directory while a run uses it: ``WORKDIR/.lock``, an ``flock`` on an open file.
+
+  The kernel drops it when the process ends, however it ends, so a crashed run leaves no stale lock.
+  The file names the holder (pid, host, start time), for the error a second run gets.
+  """
+
+  def __init__(self, path: str):
+    self._file = open(os.path.join(path, ".lock"), "a+")  # noqa: SIM115 - held open until release()
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or "another process"
+      self._file.close()
+      raise config_lib.ConfigError(
+        f"--workdir={path} is in use by another run ({holder}): wait for it to end, or use another --workdir"
+      ) from None
+    self._file.seek(0)
+    self._file.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+    self._file.flush()
+
+  def release(self) -> None:
+    if not self._file.closed:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+
+  def __enter__(self) -> Lock:
+    return self
+
+  def __exit__(self, *exc: object) -> None:
+    self.release()
+
+
+def prepare(config: ml_collections.ConfigDict, path: str) -> contextlib.AbstractContextManager[Any]:
+  """Creates ``path``, locks it (`Lock`, process 0) and saves ``config`` there; returns the lock, to release
+  when the run ends. Refuses a directory that another run holds or that holds another config's checkpoint."""
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f".write_test.{os.getpid()}")
@@ -57,6 +98,16 @@ def prepare(config: ml_collections.ConfigDict, path: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise config_lib.ConfigError(f"--workdir={path} is not writable: {e.strerror}") from None
+  lock = Lock(path) if jax.process_index() == 0 else contextlib.nullcontext()
+  try:
+    _check_and_save(config, path)
+  except BaseException:
+    lock.__exit__(None, None, None)
+    raise
+  return lock
+
+
+def _check_and_save(config: ml_collections.ConfigDict, path: str) -> None:
   if checkpoint.latest_step(path) is not None:
     saved = saved_config(path)
     if saved is None:

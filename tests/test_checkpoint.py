@@ -11,6 +11,7 @@ from test_train import SMALL, assert_trees_close, final_params, small_config
 from deconv_jax import checkpoint, train
 
 ARGS = [*SMALL, "--config.log_every_steps=10", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=20"]
+ARGS += ["--config.optimizer.schedule=constant"]  # so that a run may be extended from 20 steps to 40
 
 
 def truncate_largest_file(step_dir):

@@ -215,10 +215,11 @@ def test_two_processes_over_loopback_train_together(tmp_path):
 
 
 def _tree_digest(path):
+  """Every file's name and bytes, but the lock file's: each run that locks the workdir writes its pid there."""
   digest = hashlib.sha256()
   for root, dirs, files in sorted(os.walk(path)):
     dirs.sort()
-    for name in sorted(files):
+    for name in sorted(set(files) - {".lock"}):
       with open(os.path.join(root, name), "rb") as f:
         digest.update(name.encode() + f.read())
   return digest.hexdigest()

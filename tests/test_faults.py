@@ -1,0 +1,171 @@
+"""Faults are features: preemption saves and exits 0, kills never damage a checkpoint, a workdir has one run."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO
+from test_train import SMALL, final_params, read_metrics, small_config
+
+from deconv_jax import checkpoint, train
+from deconv_jax import config as config_lib
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu")
+# Long enough to be interrupted; constant learning rate, checkpoints every 25 steps.
+LONG = [*SMALL, "--config.num_train_steps=300", "--config.checkpoint_every_steps=25", "--config.log_every_steps=25"]
+LONG += ["--config.eval_every_steps=300", "--config.optimizer.schedule=constant"]
+
+
+def start(workdir, *args):
+  cmd = [sys.executable, "-m", "deconv_jax.train", *LONG, *args, f"--workdir={workdir}"]
+  return subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def wait_for(predicate, proc, timeout=120):
+  deadline = time.time() + timeout
+  while not predicate() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  assert predicate(), "timed out"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The parameters of the LONG run, never interrupted."""
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  proc = start(workdir)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  return final_params(workdir)
+
+
+def assert_bitwise_equal(a, b):
+  import jax
+
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_exits_0_and_the_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, sig):
+  workdir = str(tmp_path / "run")
+  proc = start(workdir)
+  wait_for(lambda: checkpoint.latest_step(workdir) is not None, proc)
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  stopped = checkpoint.latest_step(workdir)
+  assert f"preempted at step {stopped}: its checkpoint is saved; run the same command to resume" in out
+  assert 25 < stopped < 300 and "Traceback" not in err
+  resumed = start(workdir)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0 and f"resumed from {workdir} at step {stopped}" in out, err
+  (s1, p1), (s2, p2) = uninterrupted, final_params(workdir)
+  assert s1 == s2 == 300
+  assert_bitwise_equal(p1, p2)
+  steps = [r["step"] for r in read_metrics(workdir, "train")]
+  assert steps == sorted(set(steps)), "metrics.jsonl repeats steps"
+
+
+@pytest.mark.slow
+def test_killed_at_random_moments_it_always_resumes_from_a_complete_checkpoint(tmp_path, uninterrupted):
+  """SIGKILL after random delays, saves included (every 25 steps); each restart resumes, nothing partial piles up."""
+  workdir = str(tmp_path / "run")
+  rng = random.Random(0)
+  resumed_from = []
+  for _ in range(6):
+    before = checkpoint.latest_step(workdir)
+    proc = start(workdir)
+    wait_for(lambda before=before: checkpoint.latest_step(workdir) != before, proc)  # it restored and went on
+    time.sleep(rng.uniform(0.0, 1.5))
+    proc.kill()
+    out, _ = proc.communicate(timeout=60)
+    if "resumed from" in out:
+      resumed_from.append(int(out.split("resumed from")[1].split("at step")[1].split()[0]))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert len([d for d in os.listdir(ckpt_dir) if "tmp" in d]) <= 1  # at most the save the kill interrupted
+    if checkpoint.latest_step(workdir) == 300:
+      break
+  assert resumed_from, "no run resumed"
+  last = start(workdir)
+  out, err = last.communicate(timeout=300)
+  assert last.returncode == 0, err
+  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
+  (s1, p1), (s2, p2) = uninterrupted, final_params(workdir)
+  assert s1 == s2 == 300
+  assert_bitwise_equal(p1, p2)
+  steps = [r["step"] for r in read_metrics(workdir, "train")]
+  assert steps == sorted(set(steps)), "metrics.jsonl repeats steps"
+
+
+def test_a_second_run_on_the_same_workdir_is_refused_at_once(tmp_path, cli):
+  workdir = str(tmp_path / "run")
+  first = start(workdir)
+  try:
+    wait_for(lambda: os.path.exists(os.path.join(workdir, "config.json")), first)
+    config_before = read(os.path.join(workdir, "config.json"))
+    t = time.time()
+    second = cli("deconv_jax.train", *LONG, "--config.seed=7", f"--workdir={workdir}")
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: --workdir={workdir} is in use by another run (pid {first.pid} on "), line
+    assert time.time() - t < 60
+    assert read(os.path.join(workdir, "config.json")) == config_before  # the first run's config stays
+  finally:
+    first.kill()
+    first.communicate(timeout=60)
+  # Killed, the first run holds nothing: the same command resumes.
+  again = cli("deconv_jax.train", *LONG, "--config.num_train_steps=60", f"--workdir={workdir}")
+  assert again.returncode == 0, again.stderr
+
+
+def test_a_resume_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(small_config(), workdir)  # 40 steps, checkpoints at 20 and 40, logs every 10
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:  # as if a run got to 50 and was killed at 55
+    f.write(json.dumps({"step": 50, "split": "train", "loss": 1.0}) + "\n")
+  train.train_and_evaluate(small_config(num_train_steps=60), workdir)
+  assert [r["step"] for r in read_metrics(workdir, "train")] == [10, 20, 30, 40, 50, 60]
+  assert read_metrics(workdir, "train")[4]["loss"] != 1.0
+
+
+def test_a_resume_that_changes_a_cosine_schedule_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  c = small_config(**{"optimizer.schedule": "cosine", "num_train_steps": 20})
+  train.train_and_evaluate(c, workdir)
+  with pytest.raises(config_lib.ConfigError, match=r"config.num_train_steps: the run in .* has a cosine "):
+    train.train_and_evaluate(small_config(**{"optimizer.schedule": "cosine", "num_train_steps": 40}), workdir)
+  assert checkpoint.steps(workdir) == [20]
+
+
+def test_non_finite_metrics_stop_the_run_and_say_what_is_kept(tmp_path, monkeypatch):
+  from deconv_jax.tasks import classifier
+
+  real_train, real_eval = classifier.train_step, classifier.eval_step
+
+  def nan_from_start(state, batch, rng, **kwargs):
+    new_state, metrics = real_train(state, batch, rng, **kwargs)
+    return new_state, {**metrics, "loss": jnp.nan * metrics["loss"]}
+
+  monkeypatch.setattr(classifier, "train_step", nan_from_start)
+  with pytest.raises(FloatingPointError, match="train loss is nan at step 10: stopped; no checkpoint was saved"):
+    train.train_and_evaluate(small_config(), str(tmp_path / "a"))
+
+  def infinite_eval_loss(state, batch, **kwargs):
+    return {**real_eval(state, batch, **kwargs), "loss": jnp.inf}
+
+  monkeypatch.setattr(classifier, "train_step", real_train)
+  monkeypatch.setattr(classifier, "eval_step", infinite_eval_loss)
+  with pytest.raises(FloatingPointError, match="eval loss is inf at step 40: stopped; the checkpoint of step 20 in "):
+    train.train_and_evaluate(small_config(), str(tmp_path / "b"))
