@@ -169,3 +169,54 @@ def test_non_finite_metrics_stop_the_run_and_say_what_is_kept(tmp_path, monkeypa
   monkeypatch.setattr(classifier, "eval_step", infinite_eval_loss)
   with pytest.raises(FloatingPointError, match="eval loss is inf at step 40: stopped; the checkpoint of step 20 in "):
     train.train_and_evaluate(small_config(), str(tmp_path / "b"))
+
+
+def start_two(workdir, port, *args):
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  cmd = [sys.executable, "-m", "deconv_jax.train", *LONG, "--config.batch_size=64", *args, f"--workdir={workdir}"]
+  return [
+    subprocess.Popen(
+      [*cmd, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+
+
+def free_port():
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_preempted_step_and_resume_bitwise_equal(tmp_path):
+  """SIGTERM to one process (a scheduler signals each host): both save the same step, exit 0, and resume."""
+  straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")
+  procs = start_two(straight, free_port())
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  procs = start_two(workdir, free_port())
+  try:
+    wait_for(lambda: checkpoint.latest_step(workdir) is not None, procs[0])
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  stopped = checkpoint.latest_step(workdir)
+  assert f"preempted at step {stopped}: its checkpoint is saved" in outputs[0][0] and stopped < 300
+  procs = start_two(workdir, free_port())
+  outputs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  assert f"resumed from {workdir} at step {stopped}" in outputs[0][0]
+  (s1, p1), (s2, p2) = final_params(straight), final_params(workdir)
+  assert s1 == s2 == 300
+  assert_bitwise_equal(p1, p2)
