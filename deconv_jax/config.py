@@ -131,7 +131,7 @@ def base() -> ml_collections.ConfigDict:
   c.sample_every_steps = 1000  # write a grid of samples (generator tasks)
 
   c.batch_size = 32  # global, across all devices and hosts
-  c.parallel = "pmap"  # 'pmap' | 'shard_map' (jit over a Mesh of every device): the same parameters
+  c.parallel = "shard_map"  # 'shard_map' (jit over a Mesh of every device) | 'pmap': same parameters
   c.eval_batch_size = 500  # rounded up to a multiple of the device count
   # Duration: num_train_steps if > 0, else num_epochs over the train split.
   c.num_epochs = 10.0

@@ -3,7 +3,7 @@
 A step is written once with an ``axis_name``: gradients, batch statistics and metrics are
 ``pmean``-ed over it, evaluation sums ``psum``-ed. A `DataParallel` compiles it, in one of `KINDS`:
 
-- ``"shard_map"``: ``jax.jit(jax.shard_map(step, mesh=..., in_specs=..., out_specs=...))``
+- ``"shard_map"`` (default): ``jax.jit(jax.shard_map(step, mesh=..., in_specs=..., out_specs=...))``
   over a one-axis ``Mesh`` of every device of every process. The state is replicated by its
   sharding (one global array per leaf, no device axis); a batch is one global ``jax.Array``
   split over the mesh, built from each process's rows (``jax.make_array_from_process_local_data``).
@@ -76,7 +76,7 @@ class DataParallel:
   waits for nothing else), stacked ``[local_devices, ...]`` under ``"pmap"``.
   """
 
-  def __init__(self, kind: str = "pmap"):
+  def __init__(self, kind: str = "shard_map"):
     if kind not in KINDS:
       raise ValueError(f"config.parallel={kind!r} is not allowed: one of {KINDS}")
     self.kind = kind
