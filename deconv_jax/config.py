@@ -4,9 +4,10 @@
 `validate` rejects unknown keys, wrong types and impossible values with one
 line naming the key. The values a key allows come from the module that owns them
 (sources from `data`; activations, up-sampling variants and output activations from
-`models`), so adding one is one edit there; ``config.task`` is checked by `tasks.get`, as
-the tasks sit above this module. `load_json`/`save_json` round-trip the config a run used
-into its workdir, so ``evaluate`` and a resumed run see exactly what training saw.
+`models`; the ways of running over devices from `parallel`), so adding one is one edit
+there; ``config.task`` is checked by `tasks.get`, as the tasks sit above this module.
+`load_json`/`save_json` round-trip the config a run used into its workdir, so ``evaluate``
+and a resumed run see exactly what training saw.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from deconv_jax import data, models
+from deconv_jax import data, models, parallel
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -44,6 +45,7 @@ RESUMABLE_KEYS = (
   "measure.real_source",
   "measure.real_data_dir",
   "measure.real_split",
+  "parallel",
 )
 
 
@@ -129,6 +131,7 @@ def base() -> ml_collections.ConfigDict:
   c.sample_every_steps = 1000  # write a grid of samples (generator tasks)
 
   c.batch_size = 32  # global, across all devices and hosts
+  c.parallel = "shard_map"  # 'shard_map' (jit over a Mesh of every device) | 'pmap': same parameters
   c.eval_batch_size = 500  # rounded up to a multiple of the device count
   # Duration: num_train_steps if > 0, else num_epochs over the train split.
   c.num_epochs = 10.0
@@ -205,6 +208,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   v = values
   sources, activations = data.SOURCES, tuple(models.ACTIVATIONS)
   upsamples, output_activations = models.UPSAMPLE_METHODS, tuple(models.OUTPUT_ACTIVATIONS)
+  _require(v["parallel"] in parallel.KINDS, "parallel", v["parallel"], f"one of {parallel.KINDS}")
   _require(v["dataset.source"] in sources, "dataset.source", v["dataset.source"], f"one of {sources}")
   _require(v["model.padding"] in PADDINGS, "model.padding", v["model.padding"], f"one of {PADDINGS}")
   _require(v["model.activation"] in activations, "model.activation", v["model.activation"], f"one of {activations}")

@@ -18,11 +18,9 @@ from deconv_jax import data, measure, parallel, tasks
 from deconv_jax import workdir as workdir_lib
 
 
-def compile_eval_step(task: tasks.Task) -> Callable[..., dict[str, jax.Array]]:
-  """``task.eval_step`` under ``jax.jit`` (one device) or ``jax.pmap`` (several, sums psum-ed)."""
-  if jax.device_count() > 1:
-    return jax.pmap(lambda s, b: task.eval_step(s, b, axis_name=parallel.AXIS), axis_name=parallel.AXIS)
-  return jax.jit(task.eval_step)
+def compile_eval_step(task: tasks.Task, dp: parallel.DataParallel) -> Callable[..., dict[str, jax.Array]]:
+  """``task.eval_step`` compiled by ``dp`` over every device (sums psum-ed): ``(state, local_batch) -> sums``."""
+  return dp.eval_step(lambda s, b, axis_name: task.eval_step(s, b, axis_name=axis_name))
 
 
 def evaluate_state(
@@ -30,18 +28,16 @@ def evaluate_state(
 ) -> dict[str, float]:
   """Task metrics over every example of ``source`` (each once), for a state placed as ``eval_step`` expects.
 
-  Each process evaluates its own share; under ``pmap`` the sums are ``psum``-ed over
-  every device of every process, so all processes return the same global metrics.
+  Each process evaluates its own share; the sums are ``psum``-ed over every device of
+  every process, so all processes return the same global metrics.
   """
-  multi_device = jax.device_count() > 1
   # Batches are padded (mask 0), so any size works: round up to fill every device alike.
   global_batch_size = -(-global_batch_size // jax.device_count()) * jax.device_count()
   totals: dict[str, float] = {}
   for batch in data.eval_batches(source, global_batch_size=global_batch_size):
-    sums = eval_step(state, parallel.shard(batch) if multi_device else batch)
-    sums = jax.device_get(sums)
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(np.asarray(v).reshape(-1)[0] if multi_device else v)
+    sums = jax.device_get(eval_step(state, batch))
+    for k, v in sums.items():  # a scalar, or (pmap) one equal value per local device
+      totals[k] = totals.get(k, 0.0) + float(np.asarray(v).reshape(-1)[0])
   return task.eval_metrics(totals)
 
 
@@ -52,8 +48,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, path: str) -> dict[str, 
   """
   run = workdir_lib.restore(config, path, tasks.get(config.task))
   source = data.get_source(config.dataset, config.dataset.eval_split)
-  state = parallel.replicate(run.state) if jax.device_count() > 1 else run.state
-  metrics = evaluate_state(run.task, compile_eval_step(run.task), state, source, config.eval_batch_size)
+  dp = parallel.DataParallel(config.parallel)
+  eval_step = compile_eval_step(run.task, dp)
+  metrics = evaluate_state(run.task, eval_step, dp.put_state(run.state), source, config.eval_batch_size)
   if run.task.generate_many is not None and config.measure.classifier_workdir:
     metrics.update(measure.generator_quality(run.task, run.state, config))
   return {**metrics, "step": run.step}

@@ -103,20 +103,12 @@ def _train_and_evaluate(
       _log(f"resumed from {workdir} at step {start_step}")
 
   # ---------------------------------------------------------------- update step
-  multi_device = jax.device_count() > 1
-  if multi_device:
-    p_train_step = jax.pmap(
-      lambda s, b, r: task.train_step(s, b, r, config=config, axis_name=parallel.AXIS),
-      axis_name=parallel.AXIS,
-      in_axes=(0, 0, None),
-      donate_argnums=(0,),
-    )
-    state = parallel.replicate(state)
-  else:
-    p_train_step = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
-  p_eval_step = eval_loop.compile_eval_step(task)
-  samples_fn = jax.jit(task.samples) if task.samples is not None else None  # generator tasks: a grid of samples
-  host_state = lambda: parallel.unreplicate(state) if multi_device else jax.device_get(state)
+  dp = parallel.DataParallel(config.parallel)  # every device of every process
+  p_train_step = dp.train_step(lambda s, b, r, axis_name: task.train_step(s, b, r, config=config, axis_name=axis_name))
+  state = dp.put_state(state)
+  p_eval_step = eval_loop.compile_eval_step(task, dp)
+  samples_fn = dp.on_state(task.samples) if task.samples is not None else None  # generator tasks: a grid of samples
+  host_state = lambda: dp.get_state(state)
 
   def save(step: int) -> None:
     checkpoint.save(mngr, step, host_state(), train_iter)
@@ -151,9 +143,7 @@ def _train_and_evaluate(
   in_flight = None  # the metrics of a dispatched step not yet counted as done
   t_last, steps_at_last = t_start, start_step
   while step < total_steps:
-    batch = next(train_iter)
-    if multi_device:
-      batch = parallel.shard(batch)
+    batch = next(train_iter)  # this process's rows; the step places them
     state, metrics = p_train_step(state, batch, jax.random.fold_in(train_rng, step))
     if in_flight is not None:  # Count a step when it is computed, keeping one step in flight.
       jax.block_until_ready(in_flight)
@@ -187,7 +177,7 @@ def _train_and_evaluate(
       writer.write(step, "eval", eval_metrics)
       progress.write(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + format_metrics(eval_metrics))
     if samples_fn is not None and (step % config.sample_every_steps == 0 or last):
-      writer.write_images(step, "samples", jax.device_get(samples_fn(host_state())))
+      writer.write_images(step, "samples", jax.device_get(samples_fn(state)))
     if step % config.checkpoint_every_steps == 0 or last:
       save(step)
     if should_stop is not None and should_stop(step) and not last:

@@ -4,13 +4,18 @@ Tests that need several devices run a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before jax is imported there).
 """
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import hypothesis
+import numpy as np
 import pytest
 
 hypothesis.settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
@@ -30,6 +35,60 @@ def run_module(module: str, *args: str, devices: int = 1, timeout: int = 300, ch
   if check and result.returncode != 0:
     raise AssertionError(f"{module} {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
   return result
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on now (for a JAX coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(
+  argvs: list[list[str]], *, devices: int, timeout: int = 240
+) -> tuple[list[int], list[tuple[str, str]]]:
+  """Runs ``python argv`` for each argv at once, each with ``devices`` CPU devices; ``(return codes, (out, err)s)``.
+
+  Stops waiting at ``timeout`` seconds, or as soon as one fails (the others would wait for it in a
+  collective), and kills whatever still runs: its return code is then negative.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+  procs = []
+  with contextlib.ExitStack() as files:
+    logs = [[files.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe"] for _ in argvs]  # a pipe could fill
+    try:
+      for argv, (out, err) in zip(argvs, logs):
+        procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=out, stderr=err, text=True))
+      deadline = time.monotonic() + timeout
+      while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if any(p.poll() not in (None, 0) for p in procs):
+          break
+        time.sleep(0.2)
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+        p.wait()
+    outputs = []
+    for out, err in logs:
+      out.seek(0), err.seek(0)
+      outputs.append((out.read(), err.read()))
+  return [p.returncode for p in procs], outputs
+
+
+def steps_over_processes(tmp_path, task: str, steps: int) -> tuple[dict, dict]:
+  """`steps_over_processes.py` in one process of 4 devices and in two of 2: what each run's process 0 wrote."""
+  script = os.path.join(REPO, "tests", "steps_over_processes.py")
+  one, two = str(tmp_path / "one.npz"), str(tmp_path / "two.npz")
+  codes, outputs = run_processes([[script, task, "shard_map", str(steps), one]], devices=4)
+  assert codes == [0], outputs
+  address = f"127.0.0.1:{free_port()}"
+  codes, outputs = run_processes(
+    [[script, task, "shard_map", str(steps), two, address, "2", str(i)] for i in range(2)], devices=2
+  )
+  assert codes == [0, 0], outputs
+  return dict(np.load(one)), dict(np.load(two))
 
 
 @pytest.fixture

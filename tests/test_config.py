@@ -3,7 +3,7 @@
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import data, models
+from deconv_jax import data, models, parallel
 
 
 @pytest.mark.parametrize(
@@ -13,12 +13,13 @@ from deconv_jax import data, models
     (models, "ACTIVATIONS", "model.activation"),
     (models, "UPSAMPLE_METHODS", "generator.upsample"),
     (models, "OUTPUT_ACTIVATIONS", "generator.output_activation"),
+    (parallel, "KINDS", "parallel"),
   ],
 )
 def test_a_value_added_to_its_owner_is_allowed(monkeypatch, owner, name, key):
   c = config_lib.base()
-  section, field = key.split(".")
-  c[section][field] = "new_variant"
+  *section, field = key.split(".")
+  (c[section[0]] if section else c)[field] = "new_variant"
   with pytest.raises(config_lib.ConfigError, match=f"config.{key}='new_variant' is not allowed: one of"):
     config_lib.validate(c)
   allowed = getattr(owner, name)

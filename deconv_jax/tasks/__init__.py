@@ -1,7 +1,7 @@
 """Tasks: one module each, and every task module satisfies `Task`.
 
-`train` compiles ``train_step`` once with ``jax.jit`` (one device, ``axis_name=None``)
-or ``jax.pmap`` (several, ``axis_name="batch"``); `eval_loop` compiles ``eval_step`` alike.
+`parallel.DataParallel` compiles ``train_step`` and ``eval_step`` over every device with
+``axis_name="batch"``; ``axis_name=None`` (no collectives) runs them under a plain ``jax.jit``.
 """
 
 from __future__ import annotations
