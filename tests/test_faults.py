@@ -84,7 +84,7 @@ def test_killed_at_random_moments_it_always_resumes_from_a_complete_checkpoint(t
   workdir = str(tmp_path / "run")
   rng = random.Random(0)
   resumed_from = []
-  for _ in range(6):
+  for _ in range(4):
     before = checkpoint.latest_step(workdir)
     proc = start(workdir)
     wait_for(lambda before=before: checkpoint.latest_step(workdir) != before, proc)  # it restored and went on
