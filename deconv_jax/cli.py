@@ -24,9 +24,16 @@ from deconv_jax.data import DataError
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
 
-def die(message: str) -> NoReturn:
-  """Prints ``error: message`` (one line) to stderr and exits with status 2."""
+def die(message: str, *, at_once: bool = False) -> NoReturn:
+  """Prints ``error: message`` (one line) to stderr and exits with status 2.
+
+  ``at_once``: without running shutdown handlers (``os._exit``), for when library threads would
+  print more about the same error while the interpreter shuts down.
+  """
   print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  if at_once:
+    sys.stdout.flush()
+    os._exit(2)
   sys.exit(2)
 
 
@@ -90,9 +97,7 @@ def run(main: Callable[[list[str]], object], define_flags: Callable[[], object],
     except CheckpointError as e:
       # orbax's event-loop threads still hold the failed reads or writes; left to shut down, they print
       # tracebacks of the errors this line already reports. Nothing is pending: the manager is closed.
-      print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(2)
+      die(str(e), at_once=True)
     except USER_ERRORS as e:
       die(str(e))
 
