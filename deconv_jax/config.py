@@ -101,6 +101,7 @@ def base() -> ml_collections.ConfigDict:
   c.generator.batch_norm = True
   c.generator.output_activation = "tanh"  # 'tanh' (images scaled to [-1, 1]) | 'sigmoid' | 'none'
   c.generator.conditional = False  # gan: condition G and D on the class label
+  c.generator.out_strides = 1  # 2: the output layer up-samples too (Radford et al.'s DCGAN)
 
   c.discriminator = ml_collections.ConfigDict()
   c.discriminator.features = (64, 128)
@@ -233,6 +234,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _require(v["keep_checkpoints"] >= 1, "keep_checkpoints", v["keep_checkpoints"], ">= 1")
   _require(0 <= v["optimizer.b1"] < 1, "optimizer.b1", v["optimizer.b1"], "in [0, 1)")
   _require(v["generator.upsample"] in upsamples, "generator.upsample", v["generator.upsample"], f"one of {upsamples}")
+  _require(v["generator.out_strides"] in (1, 2), "generator.out_strides", v["generator.out_strides"], "1 or 2")
   _require(
     v["generator.resize_method"] in RESIZE_METHODS,
     "generator.resize_method",

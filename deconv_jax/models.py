@@ -224,9 +224,11 @@ class Generator(nn.Module):
   ``[N, *base_shape, base_features]``, batch-normed and activated; or a feature map
   ``[N, h, w, C]`` fed straight into the first block (``base_shape`` unused). Block ``i``
   (``"up{i}"``, ``features[i - 1]`` channels) doubles H and W, then batch norm
-  (``"bn{i}"``, if ``batch_norm``) and ``activation``; a stride-1 layer ``"out"`` maps to
-  ``out_channels`` and ``output_activation`` follows. Output ``[N, h * 2**L, w * 2**L, out_channels]``,
-  ``L = len(features)``; ``output_hw``, when given, is checked against it.
+  (``"bn{i}"``, if ``batch_norm``) and ``activation``; a layer ``"out"`` maps to ``out_channels``
+  and ``output_activation`` follows. ``"out"`` has stride ``out_strides``: 1, or 2 for an output
+  layer that up-samples too, in the variant's way (Radford et al.'s DCGAN, whose last transposed
+  conv makes the image). Output ``[N, h * 2**L, w * 2**L, out_channels]``, ``L = len(features)``
+  plus one if ``out_strides`` is 2; ``output_hw``, when given, is checked against it.
 
   ``upsample`` (Odena, Dumoulin & Olah, "Deconvolution and Checkerboard Artifacts", 2016):
 
@@ -257,6 +259,7 @@ class Generator(nn.Module):
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   output_activation: str = "tanh"
   out_channels: int = 1
+  out_strides: int = 1
   num_classes: int = 0
 
   @nn.compact
@@ -269,13 +272,16 @@ class Generator(nn.Module):
     if x.ndim not in (2, 4):
       raise ValueError(f"z_or_features must be a latent [N, D] or a feature map [N, h, w, C], got shape {x.shape}")
     _check_labels(labels, self.num_classes, x.shape[0], "Generator")
+    if self.out_strides not in (1, 2):
+      raise ValueError(f"out_strides must be 1 or 2, got {self.out_strides!r}")
     base_hw = ops.as_pair(self.base_shape, "base_shape") if x.ndim == 2 else x.shape[1:3]
-    scale = 2 ** len(self.features)
+    doublings = len(self.features) + (self.out_strides == 2)
+    scale = 2**doublings
     out_hw = (base_hw[0] * scale, base_hw[1] * scale)
     if self.output_hw is not None and out_hw != ops.as_pair(self.output_hw, "output_hw"):
       source = "base_shape" if x.ndim == 2 else "the input feature map's (h, w)"
       raise ValueError(
-        f"Generator: {source} {tuple(base_hw)} doubled by {len(self.features)} blocks gives {out_hw}, not "
+        f"Generator: {source} {tuple(base_hw)} doubled by {doublings} blocks gives {out_hw}, not "
         f"output_hw {tuple(self.output_hw)}; output_hw must be {source} * {scale}"
       )
     norm = lambda name: nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name, name=name)
@@ -289,17 +295,22 @@ class Generator(nn.Module):
       x = x.reshape(x.shape[0], *base_hw, self.base_features)
       x = self.activation(norm("bn0")(x) if self.batch_norm else x)
     for i, width in enumerate(self.features, start=1):
-      bias = not self.batch_norm
-      if self.upsample == "transpose":
-        x = Deconv(width, self.kernel_size, strides=2, use_bias=bias, name=f"up{i}")(x)
-      elif self.upsample == "resize_conv":
-        x = Conv(width, self.kernel_size, use_bias=bias, name=f"up{i}")(ops.resize(x, 2, self.resize_method))
-      else:
-        x = ops.depth_to_space(Conv(4 * width, self.kernel_size, use_bias=bias, name=f"up{i}")(x), 2)
+      x = self._upsample(x, width, use_bias=not self.batch_norm, name=f"up{i}")
       x = self.activation(norm(f"bn{i}")(x) if self.batch_norm else x)
-    last = Deconv if self.upsample == "transpose" else Conv
-    x = last(self.out_channels, self.kernel_size, strides=1, name="out")(x)
+    if self.out_strides == 2:
+      x = self._upsample(x, self.out_channels, use_bias=True, name="out")
+    else:
+      last = Deconv if self.upsample == "transpose" else Conv
+      x = last(self.out_channels, self.kernel_size, strides=1, name="out")(x)
     return out_act(x)
+
+  def _upsample(self, x: jax.Array, width: int, *, use_bias: bool, name: str) -> jax.Array:
+    """One stride-2 up-sampling layer of ``width`` channels, as ``upsample`` says."""
+    if self.upsample == "transpose":
+      return Deconv(width, self.kernel_size, strides=2, use_bias=use_bias, name=name)(x)
+    if self.upsample == "resize_conv":
+      return Conv(width, self.kernel_size, use_bias=use_bias, name=name)(ops.resize(x, 2, self.resize_method))
+    return ops.depth_to_space(Conv(4 * width, self.kernel_size, use_bias=use_bias, name=name)(x), 2)
 
 
 class Discriminator(nn.Module):

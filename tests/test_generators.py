@@ -395,3 +395,17 @@ def test_autoencoder_rejects_wrong_shapes():
     model.apply(variables, jnp.zeros((1, 9, 8, 1)))
   with pytest.raises(ValueError, match="code must be"):
     model.apply(variables, jnp.zeros((1, 5)), method=models.Autoencoder.decode)
+
+
+@pytest.mark.parametrize("upsample", models.UPSAMPLE_METHODS)
+def test_out_strides_2_makes_the_output_layer_up_sample(upsample):
+  """Radford et al.'s DCGAN: the last transposed conv makes the image, with no stride-1 layer after it."""
+  z = jnp.zeros((2, Z_DIM))
+  gen = models.Generator(features=(8,), base_features=4, upsample=upsample, out_strides=2, output_hw=(28, 28))
+  variables = _init(gen, z)
+  assert jax.eval_shape(gen.apply, variables, z).shape == (2, 28, 28, 1)
+  # The output layer is the variant's up-sampling layer to 1 channel (a Deconv's kernel is its forward conv's).
+  out_kernel = {"transpose": (4, 4, 1, 8), "resize_conv": (4, 4, 8, 1), "subpixel": (4, 4, 8, 4)}[upsample]
+  assert variables["params"]["out"]["kernel"].shape == out_kernel
+  with pytest.raises(ValueError, match="out_strides must be 1 or 2"):
+    _init(gen.clone(out_strides=3), z)
