@@ -5,13 +5,18 @@ a large batch's gradient in chunks (`optim.mean_and_grad`); inside ``ops.plain_x
 is XLA's and batches are whole. Each check jits a new function per path: jit traces inside the context.
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deconv_jax import config as config_lib
 from deconv_jax import ops
+from deconv_jax.tasks import classifier, optim
 
+INFO = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
 pytestmark = pytest.mark.skipif(
   jax.default_backend() != "cpu", reason="the fast paths differ from the plain ones on CPU"
 )
@@ -67,3 +72,48 @@ def test_stride_1_deconv_and_its_kernel_gradient_equal_the_plain_path():
     return f(y, kernel), jax.grad(lambda y, k: jnp.sum(f(y, k) ** 2), argnums=(0, 1))(y, kernel)
 
   _assert_trees_close(*_both_paths(value_and_grads, y, kernel))
+
+
+@pytest.mark.parametrize("batch", [40, 64])  # chunks of 32 + 8, and two equal chunks
+def test_mean_and_grad_in_chunks_equals_the_whole_batch(batch):
+  kx, kw = jax.random.split(jax.random.key(2))
+  x, w = jax.random.normal(kx, (batch, 6)), jax.random.normal(kw, (6, 3))
+  labels = jnp.arange(batch) % 3
+
+  def loss_sum(w, x, labels, nothing):
+    assert nothing is None  # None passes through
+    logits = jnp.tanh(x @ w)
+    return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(x.shape[0]), labels]), logits
+
+  chunked = lambda w, x, y: optim.mean_and_grad(loss_sum, w, x, y, None)
+  fast, plain = _both_paths(chunked, w, x, labels)
+  assert fast[0][1].shape == (batch, 3)
+  assert "optimization_barrier" in str(jax.make_jaxpr(chunked)(w, x, labels))  # it did take chunks
+  _assert_trees_close(fast, plain)
+  # ... and the plain path is the batch mean's own gradient.
+  mean = lambda w: loss_sum(w, x, labels, None)[0] / batch
+  _assert_trees_close(plain[1], jax.grad(mean)(w))
+
+
+def _step_grads_and_metrics(task, config, batch_size):
+  state = task.create_state(config, jax.random.key(0), INFO, total_steps=10)
+  rng = np.random.default_rng(0)
+  batch = {
+    "image": jnp.asarray(rng.random((batch_size, 28, 28, 1), np.float32)),
+    "label": jnp.asarray(rng.integers(0, 10, (batch_size,), np.int32)),
+  }
+  # SGD with learning rate 1: the step's parameter change is minus the gradient itself.
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 1.0
+  state = task.create_state(config, jax.random.key(0), INFO, total_steps=10)
+
+  def step(state, batch):
+    new, metrics = task.train_step(state, batch, jax.random.key(1), config=config)
+    return jax.tree.map(jnp.subtract, state.params, new.params), metrics
+
+  return _both_paths(step, state, batch)
+
+
+def test_classifier_step_in_chunks_equals_the_plain_step():
+  (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(classifier, config_lib.base(), 72)
+  _assert_trees_close(metrics, plain_metrics)
+  _assert_trees_close(grads, plain_grads, rtol=1e-4, atol=1e-5)

@@ -55,12 +55,11 @@ def train_step(
       rng, images_BHWC, offset, max_shift=aug.max_shift, max_rotation=aug.max_rotation, max_scale=aug.max_scale
     )
 
-  def loss_fn(params):
+  def loss_sum(params, images_BHWC, labels_B):
     logits_BK = state.apply_fn({"params": params}, images_BHWC)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).mean()
-    return loss, logits_BK
+    return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).sum(), logits_BK
 
-  (loss, logits_BK), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, logits_BK), grads = optim.mean_and_grad(loss_sum, state.params, images_BHWC, labels_B)
   grads = parallel.pmean(grads, axis_name)
   metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits_BK, -1) == labels_B)}
   return state.apply_gradients(grads=grads), parallel.pmean(metrics, axis_name)
