@@ -2,13 +2,18 @@ r"""Measured speed: ``python -m deconv_jax.benchmark`` prints one JSON object pe
 
 Five benchmarks (``--only`` picks among them):
 
-- ``train_step``: the classifier's train step (the model and optimizer of
-  ``--config``, by default `config.base()`: the default CNN with Adam) on
-  synthetic ``[B, 28, 28, 1]`` images, compiled exactly as `train` compiles it
-  for one device (``jax.jit`` with ``donate_argnums=(0,)``). Reports images/s
-  and steps/s (the median over ``--repeats`` runs of ``--steps`` chained steps,
-  after warm-up) and the compile time (``jit(...).lower(...).compile()``,
-  tracing included). No input pipeline: the batch is already on the device.
+- ``train_step``: whole train steps, as `train` compiles them for one device
+  (``jax.jit`` with the state donated), on synthetic ``[B, 28, 28, 1]`` data
+  already on the device (no input pipeline): the classifier of ``--config``
+  (by default the CNN with Adam: the peers' ``seedcnn``) at each of
+  ``--batch_sizes``, the peers' DCGAN (`peers_dcgan_config`) at batch 128 and
+  ``configs/gan.py`` at its batch size. Each is timed twice, alternately: the
+  fast path (what `train` runs) and the plain one (traced inside
+  ``ops.plain_xla()``: XLA's convolution everywhere, no batch chunks). The
+  records follow the protocol of the peers benchmark in ``../shared/bench/peers``
+  (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
+  ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
+  ``achieved_gflops``, ...), so its ``summarize.py`` tables them beside the peers.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
   ``deconv3d_input_grad``: how the primitives of `ops` compare with the plain
   XLA lowering, each pair measured side by side in one run. The kernel gradient
@@ -21,15 +26,21 @@ Five benchmarks (``--only`` picks among them):
   alternately (A, B, A, B, ...) so that the machine's noise hits both alike;
   ``ratio`` is ``median(A) / median(B)`` (> 1: the `ops` path is faster).
 
-Every record carries ``backend`` and ``devices``. Example::
+Every record carries ``backend`` and ``devices``. Examples::
 
-  python -m deconv_jax.benchmark --batch_sizes=32,256 --repeats=5 --steps=20
+  python -m deconv_jax.benchmark --only=train_step > project.jsonl
+  python -m deconv_jax.benchmark --only=train_step --train_models=seedcnn --batch_sizes=256 --paths=fast
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import importlib.util
 import json
 import math
+import os
+import platform
 import statistics
 import time
 import types
@@ -105,67 +116,209 @@ def _pair_record(
 
 
 # ----------------------------------------------------------------------------
-# The classifier's train step.
+# Train steps, in the peers' protocol (../shared/bench/peers/common.py).
 # ----------------------------------------------------------------------------
+
+# The models the peers benchmark times: its names, and the project's task and config for each.
+PEERS_DCGAN = "gan"  # G: Dense 7x7x128, ConvT 64 4x4 s2, ConvT 1 4x4 s2 (tanh); D: Conv 64, Conv 128 4x4 s2, Dense 1
+GAN_CONFIG = "configs/gan.py"
+
+
+def peers_dcgan_config() -> ml_collections.ConfigDict:
+  """The peers' DCGAN as a project config: unconditional, no batch norm, Adam 2e-4 (b1 0.5) for G and D, batch 128."""
+  c = config_lib.base()
+  c.task = "gan"
+  c.batch_size = 128
+  c.optimizer.name, c.optimizer.learning_rate, c.optimizer.b1 = "adam", 2e-4, 0.5
+  g = c.generator
+  g.latent_dim, g.base_size, g.base_features, g.features = 100, 7, 128, (64,)
+  g.upsample, g.kernel_size, g.batch_norm, g.output_activation = "transpose", 4, False, "tanh"
+  g.conditional, g.out_strides = False, 2  # the second transposed conv makes the image
+  c.discriminator.features, c.discriminator.kernel_size = (64, 128), 4
+  return c
+
+
+def gan_config() -> ml_collections.ConfigDict:
+  """``configs/gan.py``'s config (the README's GAN), read from the repository."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), GAN_CONFIG)
+  spec = importlib.util.spec_from_file_location("gan_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _peers_dense_flops(model: str) -> int | None:
+  """FLOPs per image of one train step as the peers count them: 2 x MACs of every conv and dense, padding taps too.
+
+  The classifier step is 3 forward passes' worth; the DCGAN step per batch element is 3 G + 8 D passes
+  (G forward once; D on real and fake, forward, input and kernel gradients; D forward and input gradient
+  for G's update). Only for the peers' two networks; None for others.
+  """
+  if model == "seedcnn":
+    h, c, macs = 28, 1, 0
+    for cout in (32, 64, 128):
+      h -= 2
+      macs += h * h * cout * 9 * c
+      c, h = cout, h // 2
+    return 3 * 2 * (macs + h * h * c * 512 + 512 * 10)
+  if model == PEERS_DCGAN:
+    g = 100 * 7 * 7 * 128 + 7 * 7 * 128 * 16 * 64 + 14 * 14 * 64 * 16
+    d = 14 * 14 * 64 * 16 + 7 * 7 * 128 * 16 * 64 + 7 * 7 * 128
+    return 3 * 2 * g + 8 * 2 * d
+  return None
+
+
+def _versions() -> dict[str, str]:
+  import flax
+  import jaxlib
+  import optax
+
+  return {
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "flax": flax.__version__,
+    "optax": optax.__version__,
+    "numpy": np.__version__,
+  }
+
+
+def _cpu_name() -> str | None:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+  except OSError:
+    return None
+
+
+class _TimedStep:
+  """One task's compiled train step on fixed synthetic data, stepped and timed as the peers' ``run_bench`` does."""
+
+  def __init__(self, task: Any, config: ml_collections.ConfigDict, batch_size: int, plain: bool, seed: int = 0):
+    info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
+    rng = np.random.default_rng(seed)
+    self.batch = {
+      "image": jnp.asarray(rng.random((batch_size, *info.image_shape), np.float32)),
+      "label": jnp.asarray(rng.integers(0, info.num_classes, (batch_size,), np.int32)),
+    }
+    self.rng = jax.random.key(seed)
+    self.batch_size, self.plain = batch_size, plain
+    with self._context():  # a new function for each path: jit traces it inside its own context
+      self.state = jax.jit(lambda r: task.create_state(config, r, info, total_steps=1000))(jax.random.key(seed))
+      self.step_fn = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
+      self.xla_flops = _xla_flops(self.step_fn.lower(self.state, self.batch, self.rng).compile())
+
+  def _context(self):
+    return ops.plain_xla() if self.plain else contextlib.nullcontext()
+
+  def step(self) -> Any:
+    with self._context():
+      self.state, metrics = self.step_fn(self.state, self.batch, self.rng)
+    return metrics
+
+  def sync(self, metrics: Any) -> None:
+    jax.block_until_ready((self.state, metrics))
+
+
+def _xla_flops(compiled: Any) -> float | None:
+  try:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis["flops"])
+  except (KeyError, TypeError, IndexError, AttributeError):  # not every backend counts
+    return None
 
 
 def train_step_benchmark(
+  model: str,
   batch_size: int,
   *,
-  steps: int = 20,
   repeats: int = 5,
+  target_s: float = 3.0,
   config: ml_collections.ConfigDict | None = None,
-  image_shape: tuple[int, int, int] = (28, 28, 1),
-  num_classes: int = 10,
-) -> dict[str, Any]:
-  """Throughput and compile time of ``classifier.train_step`` on one device, as `train` compiles it.
+  paths: Sequence[str] = ("fast", "plain"),
+) -> list[dict[str, Any]]:
+  """Images/s of one train step, the fast path beside the plain one: one peers-protocol record per path.
 
-  Synthetic data: uniform ``[batch_size, *image_shape]`` images and random labels,
-  already on the device. ``compile_sec`` times ``jit(...).lower(...).compile()``
-  (tracing, lowering, XLA). After two warm-up steps, ``repeats`` runs of
-  ``steps`` chained steps (each step's state feeds the next, keys folded from the
-  step number as in `train`) are timed to the last step's result; the median run
-  gives ``steps_per_sec`` and ``images_per_sec``.
+  ``model``: ``"seedcnn"`` (the classifier of ``config``, by default `config.base()`),
+  ``"gan"`` (`peers_dcgan_config`) or ``"configs/gan.py"`` (`gan_config`). ``"plain"`` is the
+  same step traced inside ``ops.plain_xla()``: XLA's convolution everywhere, no chunks.
+  Protocol (the peers' ``run_bench``): the first step (trace, compile, run) and the second are
+  timed, 3 warm-up steps, a 3-step calibration sets ``n`` so that ``n`` steps take about
+  ``target_s``; then ``repeats`` runs of ``n`` steps, blocked on the last step's state, the paths
+  alternating (A, B, A, B, ...) so the machine's noise hits both alike.
   """
-  config = config_lib.base() if config is None else config
-  info = types.SimpleNamespace(image_shape=tuple(image_shape), num_classes=num_classes)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  # Jitted: one compilation instead of one per eager op of init (seconds on CPU).
-  state = jax.jit(lambda r: classifier.create_state(config, r, info, total_steps=max(steps * repeats, 1)))(init_rng)
-  data_rng = np.random.default_rng(config.seed)
-  batch = {
-    "image": jnp.asarray(data_rng.random((batch_size, *image_shape), np.float32)),
-    "label": jnp.asarray(data_rng.integers(0, num_classes, (batch_size,), np.int32)),
-  }
-  rngs = [jax.random.fold_in(train_rng, i) for i in range(steps)]
-
-  # Exactly train.py's single-device update step.
-  p_train_step = jax.jit(lambda s, b, r: classifier.train_step(s, b, r, config=config), donate_argnums=(0,))
-  start = time.perf_counter()
-  p_train_step.lower(state, batch, rngs[0]).compile()
-  compile_sec = time.perf_counter() - start
-
-  for rng in rngs[:2]:  # warm-up
-    state, metrics = p_train_step(state, batch, rng)
-  jax.block_until_ready((state, metrics))
-  seconds = []
-  for _ in range(repeats):
+  if model == "seedcnn":
+    task, config = classifier, config_lib.base() if config is None else config
+  else:
+    task, config = tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
+  runs = []
+  for path in paths:
     start = time.perf_counter()
-    for rng in rngs:
-      state, metrics = p_train_step(state, batch, rng)
-    jax.block_until_ready((state, metrics))
-    seconds.append(time.perf_counter() - start)
-  steps_per_sec = steps / statistics.median(seconds)
-  return {
-    "benchmark": "train_step",
-    "batch_size": batch_size,
-    "images_per_sec": steps_per_sec * batch_size,
-    "steps_per_sec": steps_per_sec,
-    "compile_sec": compile_sec,
-    "steps": steps,
-    "repeats": repeats,
-    **_platform(),
-  }
+    timed = _TimedStep(task, config, batch_size, plain=path == "plain")
+    timed.sync(timed.step())
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    timed.sync(timed.step())
+    second = time.perf_counter() - start
+    for _ in range(3):
+      metrics = timed.step()
+    timed.sync(metrics)
+    start = time.perf_counter()
+    for _ in range(3):
+      metrics = timed.step()
+    timed.sync(metrics)
+    n = max(3, math.ceil(target_s / max((time.perf_counter() - start) / 3, 1e-9)))
+    runs.append((path, timed, first, second, n, []))
+  for _ in range(repeats):
+    for _, timed, _, _, n, seconds in runs:
+      start = time.perf_counter()
+      for _ in range(n):
+        metrics = timed.step()
+      timed.sync(metrics)
+      seconds.append(time.perf_counter() - start)
+
+  records = []
+  for path, timed, first, second, n, seconds in runs:
+    ips = [n * batch_size / t for t in seconds]
+    # FLOPs as the peers count them for their two networks; for others, XLA's count of the compiled
+    # step (it skips padding taps, and on GPU leaves out the convolutions that cuDNN runs).
+    xla_per_image = None if timed.xla_flops is None else timed.xla_flops / batch_size
+    dense = _peers_dense_flops(model) if model != "seedcnn" or _is_default_cnn(config) else None
+    per_image, flops_source = (dense, "peers_dense_count") if dense else (xla_per_image, "xla_cost_analysis")
+    records.append(
+      {
+        "kind": "train_step",
+        "framework": "project",
+        "mode": path,
+        "model": model,
+        "batch": batch_size,
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "versions": _versions(),
+        **_platform(),
+        "xla_flops_per_image": xla_per_image,
+        "first_step_s": round(first, 4),
+        "second_step_s": round(second, 4),
+        "steps_per_repeat": n,
+        "repeats": repeats,
+        "repeat_s": [round(t, 4) for t in seconds],
+        "ips_all": [round(v, 1) for v in ips],
+        "ips_median": round(statistics.median(ips), 1),
+        "ips_min": round(min(ips), 1),
+        "ips_max": round(max(ips), 1),
+        "step_ms_median": round(1e3 * statistics.median(seconds) / n, 3),
+        "train_flops_per_image": per_image,
+        "flops_source": flops_source,
+        "achieved_gflops": None if per_image is None else round(statistics.median(ips) * per_image / 1e9, 2),
+      }
+    )
+  return records
+
+
+def _is_default_cnn(config: ml_collections.ConfigDict) -> bool:
+  return config.model.to_dict() == config_lib.base().model.to_dict()
 
 
 # ----------------------------------------------------------------------------
@@ -312,16 +465,27 @@ def max_pool_grad_benchmark(
   return record
 
 
+TRAIN_MODELS = ("seedcnn", PEERS_DCGAN, GAN_CONFIG)
+PATHS = ("fast", "plain")
+
+
 def run_benchmarks(
   only: Sequence[str] = BENCHMARKS,
   *,
   batch_sizes: Sequence[int] = (32, 256),
+  train_models: Sequence[str] = TRAIN_MODELS,
+  paths: Sequence[str] = PATHS,
+  target_s: float = 3.0,
   steps: int = 20,
   repeats: int = 5,
   config: ml_collections.ConfigDict | None = None,
   emit: Callable[[dict[str, Any]], object] | None = None,
 ) -> list[dict[str, Any]]:
-  """Runs the benchmarks named in ``only`` (in `BENCHMARKS` order); ``emit`` sees each record as it is made."""
+  """Runs the benchmarks named in ``only`` (in `BENCHMARKS` order); ``emit`` sees each record as it is made.
+
+  ``train_step`` times each of ``train_models``: the classifier at every one of ``batch_sizes``, the peers'
+  DCGAN at batch 128, ``configs/gan.py`` at its own batch size.
+  """
   records = []
 
   def add(record: dict[str, Any]) -> None:
@@ -330,8 +494,14 @@ def run_benchmarks(
       emit(record)
 
   if "train_step" in only:
-    for batch_size in batch_sizes:
-      add(train_step_benchmark(batch_size, steps=steps, repeats=repeats, config=config))
+    runs = [("seedcnn", b) for b in batch_sizes] if "seedcnn" in train_models else []
+    runs += [(PEERS_DCGAN, 128)] if PEERS_DCGAN in train_models else []
+    runs += [(GAN_CONFIG, gan_config().batch_size)] if GAN_CONFIG in train_models else []
+    for model, batch_size in runs:
+      for record in train_step_benchmark(
+        model, batch_size, repeats=repeats, target_s=target_s, config=config, paths=paths
+      ):
+        add(record)
   if "deconv_kernel_grad" in only:
     add(deconv_kernel_grad_benchmark(calls=steps, repeats=repeats))
   if "max_pool_grad" in only:
@@ -352,30 +522,36 @@ def _positive_ints(values: Sequence[str]) -> bool:
 
 
 def define_flags() -> None:
-  flags.DEFINE_list("batch_sizes", ["32", "256"], "Batch sizes of the train_step benchmark.")
-  flags.DEFINE_integer(
-    "repeats", 5, "Timed runs (train_step) or samples per variant (the others); medians are reported.", lower_bound=1
+  flags.DEFINE_list("batch_sizes", ["32", "256"], "Batch sizes of the classifier's train step.")
+  flags.DEFINE_list("train_models", list(TRAIN_MODELS), f"Train steps to time, of {', '.join(TRAIN_MODELS)}.")
+  flags.DEFINE_list("paths", list(PATHS), "Which paths of each train step to time: fast, plain (ops.plain_xla).")
+  flags.DEFINE_float(
+    "target_s", 3.0, "Seconds per timed run of a train step (the peers' --target-s).", lower_bound=0.01
   )
   flags.DEFINE_integer(
-    "steps", 20, "Train steps per timed run; calls per timed sample for the op benchmarks.", lower_bound=1
+    "repeats", 5, "Timed runs per train step, or samples per variant (the others); medians are reported.", lower_bound=1
   )
+  flags.DEFINE_integer("steps", 20, "Calls per timed sample of the op benchmarks.", lower_bound=1)
   flags.DEFINE_list("only", list(BENCHMARKS), f"Which benchmarks to run, of {', '.join(BENCHMARKS)}.")
-  # cli.parse_flags reads --config; here it is the model and optimizer of the train_step benchmark.
+  # cli.parse_flags reads --config; here it is the model and optimizer of the classifier's train step.
   config_flags.DEFINE_config_dict(
-    "config", config_lib.base(), "Model and optimizer of the train_step benchmark (--config.model.features='(16, 32)')."
+    "config",
+    config_lib.base(),
+    "Model and optimizer of the classifier's train step (--config.model.features='(16, 32)').",
   )
   flags.register_validator("batch_sizes", _positive_ints, message="must be a comma-separated list of positive ints")
-  flags.register_validator(
-    "only",
-    lambda names: bool(names) and all(n in BENCHMARKS for n in names),
-    message=f"must be a comma-separated list of {', '.join(BENCHMARKS)}",
-  )
+  for name, allowed in (("only", BENCHMARKS), ("train_models", TRAIN_MODELS), ("paths", PATHS)):
+    flags.register_validator(
+      name,
+      lambda values, allowed=allowed: bool(values) and all(v in allowed for v in values),
+      message=f"must be a comma-separated list of {', '.join(allowed)}",
+    )
 
 
 def _print_json(record: dict[str, Any]) -> None:
   bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
   if bad:
-    raise RuntimeError(f"{record['benchmark']}: non-finite {', '.join(bad)}")
+    raise RuntimeError(f"{record.get('benchmark') or record['model']}: non-finite {', '.join(bad)}")
   print(json.dumps(record), flush=True)
 
 
@@ -390,6 +566,9 @@ def main(argv: list[str]) -> None:
   run_benchmarks(
     FLAGS.only,
     batch_sizes=[int(b) for b in FLAGS.batch_sizes],
+    train_models=FLAGS.train_models,
+    paths=FLAGS.paths,
+    target_s=FLAGS.target_s,
     steps=FLAGS.steps,
     repeats=FLAGS.repeats,
     config=FLAGS.config,

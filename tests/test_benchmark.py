@@ -2,12 +2,17 @@
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from deconv_jax import benchmark
 
 PLATFORM_KEYS = {"backend", "devices"}
+PEERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "bench", "peers")
 
 
 def assert_positive_finite(record, keys):
@@ -17,13 +22,46 @@ def assert_positive_finite(record, keys):
     assert math.isfinite(value) and value > 0, (key, value)
 
 
-def test_train_step_benchmark_record():
-  record = benchmark.train_step_benchmark(8, steps=2, repeats=1)  # the default CNN with Adam
-  assert record["benchmark"] == "train_step"
-  assert record["batch_size"] == 8
-  assert_positive_finite(record, ["images_per_sec", "steps_per_sec", "compile_sec", "devices"])
-  assert record["images_per_sec"] == pytest.approx(8 * record["steps_per_sec"])
-  assert isinstance(record["backend"], str) and record["backend"]
+PEERS_FIELDS = {"kind", "framework", "mode", "model", "batch", "ips_all", "ips_median", "ips_min", "ips_max"}
+PEERS_FIELDS |= {"first_step_s", "second_step_s", "steps_per_repeat", "repeat_s", "step_ms_median", "date_utc"}
+PEERS_FIELDS |= {"train_flops_per_image", "achieved_gflops", "versions", "python", "cpu"}
+
+
+def test_train_step_records_follow_the_peers_protocol():
+  records = benchmark.train_step_benchmark("seedcnn", 8, repeats=2, target_s=0.01)  # the default CNN with Adam
+  assert [(r["framework"], r["mode"], r["model"], r["batch"]) for r in records] == [
+    ("project", "fast", "seedcnn", 8),
+    ("project", "plain", "seedcnn", 8),
+  ]
+  for record in records:
+    assert record.keys() >= PEERS_FIELDS
+    assert record["kind"] == "train_step" and len(record["ips_all"]) == record["repeats"] == 2
+    assert_positive_finite(record, ["ips_median", "first_step_s", "achieved_gflops", "devices"])
+    assert record["ips_min"] <= record["ips_median"] <= record["ips_max"]
+    assert record["ips_all"][0] == pytest.approx(
+      record["steps_per_repeat"] * 8 / record["repeat_s"][0], rel=0.02
+    )  # repeat_s is rounded
+    assert record["train_flops_per_image"] == 18955008  # the peers' count (common.py) for their classifier
+    assert isinstance(record["backend"], str) and record["backend"]
+
+
+def test_peers_dense_flop_counts_match_the_peers_arithmetic():
+  # ../shared/bench/peers/common.py: seedcnn 3 x forward; DCGAN 3 G + 8 D passes per batch element.
+  assert benchmark._peers_dense_flops("seedcnn") == 18955008
+  assert benchmark._peers_dense_flops("gan") == 149574656
+  assert benchmark._peers_dense_flops("configs/gan.py") is None
+
+
+def test_summarize_tables_project_records_beside_the_peers(tmp_path):
+  summarize = os.path.join(PEERS_DIR, "summarize.py")
+  if not os.path.exists(summarize):
+    pytest.skip(f"the peers benchmark is not at {PEERS_DIR}")
+  records = benchmark.train_step_benchmark(benchmark.PEERS_DCGAN, 4, repeats=1, target_s=0.01, paths=["fast"])
+  path = tmp_path / "project.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  result = subprocess.run([sys.executable, summarize, str(path)], capture_output=True, text=True, cwd=PEERS_DIR)
+  assert result.returncode == 0, result.stderr
+  assert re.search(r"\| project \| fast \| gan \| 4 \|", result.stdout), result.stdout
 
 
 def test_deconv_kernel_grad_benchmark_record():
@@ -86,7 +124,7 @@ def test_cli_prints_only_json_lines(cli):
   assert_positive_finite(records[0], ["reduce_window_ms", "ops_max_pool_ms", "ratio"])
 
 
-@pytest.mark.parametrize("flag", ["--only=nope", "--batch_sizes=0"])
+@pytest.mark.parametrize("flag", ["--only=nope", "--batch_sizes=0", "--train_models=resnet", "--paths=fastest"])
 def test_cli_bad_flag_is_one_line_error(cli, flag):
   result = cli("deconv_jax.benchmark", flag, timeout=120)
   assert result.returncode != 0

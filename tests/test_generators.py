@@ -1,6 +1,7 @@
 """Up-sampling ops, Generator, Discriminator, and the (tied) Autoencoder whose decoder is the encoder's adjoint."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -409,3 +410,24 @@ def test_out_strides_2_makes_the_output_layer_up_sample(upsample):
   assert variables["params"]["out"]["kernel"].shape == out_kernel
   with pytest.raises(ValueError, match="out_strides must be 1 or 2"):
     _init(gen.clone(out_strides=3), z)
+
+
+def test_peers_dcgan_has_the_peers_layers():
+  """peers_dcgan_config: G Dense 7x7x128, ConvT 64 4x4 s2, ConvT 1 4x4 s2; D Conv 64, Conv 128 4x4 s2, Dense 1."""
+  from deconv_jax import benchmark
+  from deconv_jax.tasks import gan
+
+  config = benchmark.peers_dcgan_config()
+  info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
+  state = jax.eval_shape(lambda r: gan.create_state(config, r, info, 1), jax.random.key(0))
+  shapes = jax.tree.map(lambda a: a.shape, state.params)
+  assert shapes["generator"] == {
+    "project": {"kernel": (100, 7 * 7 * 128), "bias": (7 * 7 * 128,)},
+    "up1": {"kernel": (4, 4, 64, 128), "bias": (64,)},  # a Deconv's kernel is its forward conv's [k, k, Cin, Cout]
+    "out": {"kernel": (4, 4, 1, 64), "bias": (1,)},
+  }
+  assert shapes["discriminator"] == {
+    "conv1": {"kernel": (4, 4, 1, 64), "bias": (64,)},
+    "conv2": {"kernel": (4, 4, 64, 128), "bias": (128,)},
+    "head": {"kernel": (7 * 7 * 128, 1), "bias": (1,)},
+  }
