@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deconv_jax import benchmark, ops
 from deconv_jax import config as config_lib
-from deconv_jax import ops
-from deconv_jax.tasks import classifier, optim
+from deconv_jax.tasks import classifier, gan, optim
 
 INFO = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
 pytestmark = pytest.mark.skipif(
@@ -115,5 +115,14 @@ def _step_grads_and_metrics(task, config, batch_size):
 
 def test_classifier_step_in_chunks_equals_the_plain_step():
   (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(classifier, config_lib.base(), 72)
+  _assert_trees_close(metrics, plain_metrics)
+  _assert_trees_close(grads, plain_grads, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["peers_dcgan", "configs_gan"])
+def test_gan_step_equals_the_plain_step(name):
+  config = benchmark.peers_dcgan_config() if name == "peers_dcgan" else benchmark.gan_config()
+  config.generator.features, config.discriminator.features = (8,) * len(config.generator.features), (8, 16)
+  (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(gan, config, 72)
   _assert_trees_close(metrics, plain_metrics)
   _assert_trees_close(grads, plain_grads, rtol=1e-4, atol=1e-5)

@@ -72,6 +72,7 @@ def build_generator(config: ml_collections.ConfigDict, info: Any, axis_name: str
     bn_axis_name=axis_name,
     output_activation=g.output_activation,
     out_channels=info.image_shape[2],
+    out_strides=g.out_strides,
     num_classes=info.num_classes if g.conditional else 0,
   )
 
@@ -145,27 +146,33 @@ def train_step(
     fake, updates = generator.apply(g_vars, z_BD, labels_B, train=True, mutable=["batch_stats"])
     return fake, updates.get("batch_stats", {})
 
-  # ---- discriminator: real -> 1, fake -> 0.
-  fake_BHWC, _ = generate(state.params["generator"], state.batch_stats)
-  fake_BHWC = lax.stop_gradient(fake_BHWC)
+  # G runs forward once; its VJP is kept for the generator's step.
+  fake_BHWC, g_vjp, batch_stats = jax.vjp(
+    lambda g_params: generate(g_params, state.batch_stats), state.params["generator"], has_aux=True
+  )
 
-  def d_loss_fn(d_params):
+  # ---- discriminator: real -> 1, fake -> 0. D has no batch statistics: its loss is a sum over
+  # examples, which optim.mean_and_grad may take in chunks.
+  def d_loss_sum(d_params, real_BHWC, fake_BHWC, labels_B):
     real_logits = discriminator.apply({"params": d_params}, real_BHWC, labels_B)
     fake_logits = discriminator.apply({"params": d_params}, fake_BHWC, labels_B)
-    loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
-    return loss, (jnp.mean(jax.nn.sigmoid(real_logits)), jnp.mean(jax.nn.sigmoid(fake_logits)))
+    loss = jnp.sum(jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits))
+    return loss, (jax.nn.sigmoid(real_logits), jax.nn.sigmoid(fake_logits))
 
-  (d_loss, (d_real, d_fake)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(state.params["discriminator"])
+  (d_loss, (d_real, d_fake)), d_grads = optim.mean_and_grad(
+    d_loss_sum, state.params["discriminator"], real_BHWC, lax.stop_gradient(fake_BHWC), labels_B
+  )
   d_grads = parallel.pmean(d_grads, axis_name)
   d_updates, d_opt = state.tx_d.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
   d_params = optax.apply_updates(state.params["discriminator"], d_updates)
 
-  # ---- generator: non-saturating, maximize log D(G(z)).
-  def g_loss_fn(g_params):
-    fake, batch_stats = generate(g_params, state.batch_stats)
-    return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake, labels_B))), batch_stats
+  # ---- generator: non-saturating, maximize log D(G(z)), through the updated D, by the chain rule:
+  # the loss's gradient in the fake images, pulled back through G by its VJP.
+  def g_loss_fn(fake_BHWC):
+    return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake_BHWC, labels_B)))
 
-  (g_loss, batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(state.params["generator"])
+  g_loss, d_fake_BHWC = jax.value_and_grad(g_loss_fn)(fake_BHWC)
+  (g_grads,) = g_vjp(d_fake_BHWC)
   g_grads = parallel.pmean(g_grads, axis_name)
   g_updates, g_opt = state.tx_g.update(g_grads, state.opt_state["generator"], state.params["generator"])
   g_params = optax.apply_updates(state.params["generator"], g_updates)
@@ -176,7 +183,7 @@ def train_step(
     batch_stats=batch_stats,
     opt_state={"generator": g_opt, "discriminator": d_opt},
   )
-  metrics = {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
+  metrics = {"d_loss": d_loss, "g_loss": g_loss, "d_real": jnp.mean(d_real), "d_fake": jnp.mean(d_fake)}
   return new_state, parallel.pmean(metrics, axis_name)
 
 
