@@ -1,6 +1,6 @@
 r"""Measured speed: ``python -m deconv_jax.benchmark`` prints one JSON object per line on stdout.
 
-Five benchmarks (``--only`` picks among them):
+Six benchmarks (``--only`` picks among them):
 
 - ``train_step``: whole train steps, as `train` compiles them for one device
   (``jax.jit`` with the state donated), on synthetic ``[B, 28, 28, 1]`` data
@@ -14,6 +14,9 @@ Five benchmarks (``--only`` picks among them):
   (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
   ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
   ``achieved_gflops``, ...), so its ``summarize.py`` tables them beside the peers.
+- ``op_profile``: where the fast path's time goes: for the same train steps, the
+  top XLA ops per step from a ``jax.profiler`` trace, each with what it computes
+  (``dot f32[3872,64]``, ``convolution ... window ...``) and its share of the step.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
   ``deconv3d_input_grad``: how the primitives of `ops` compare with the plain
   XLA lowering, each pair measured side by side in one run. The kernel gradient
@@ -36,12 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
+import gzip
 import importlib.util
 import json
 import math
 import os
 import platform
+import re
 import statistics
+import tempfile
 import time
 import types
 from collections.abc import Callable, Sequence
@@ -59,7 +66,14 @@ from deconv_jax import cli, ops, tasks
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import classifier
 
-BENCHMARKS = ("train_step", "deconv_kernel_grad", "max_pool_grad", "deconv3d_kernel_grad", "deconv3d_input_grad")
+BENCHMARKS = (
+  "train_step",
+  "op_profile",
+  "deconv_kernel_grad",
+  "max_pool_grad",
+  "deconv3d_kernel_grad",
+  "deconv3d_input_grad",
+)
 
 
 def _platform() -> dict[str, Any]:
@@ -317,6 +331,98 @@ def train_step_benchmark(
   return records
 
 
+def _hlo_ops(hlo_text: str) -> dict[str, str]:
+  """``{instruction name: what it computes}`` for the entry computation's instructions of a compiled HLO module.
+
+  A fusion is described by its root (or its first convolution / dot): opcode, shape and conv window.
+  """
+  bodies: dict[str, list[str]] = {}
+  current = None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line) if not line.startswith(" ") else None
+    if header:
+      current = bodies.setdefault(header.group(1), [])
+    elif current is not None:
+      current.append(line.strip())
+
+  def describe(instruction: str) -> str:
+    shape = re.match(r"[^=]+= (\S+)", instruction)
+    opcode = re.search(r"= \S+ ([\w\-]+)\(", instruction)
+    window = re.search(r"window=\{([^}]*)\}", instruction)
+    layout_free = re.sub(r"\{[^}]*\}", "", shape.group(1)) if shape else ""
+    text = f"{opcode.group(1) if opcode else '?'} {layout_free}"
+    return text + (f" window {window.group(1)}" if window else "")
+
+  ops_: dict[str, str] = {}
+  for lines in bodies.values():
+    for instruction in lines:
+      name = re.match(r"(?:ROOT )?%?([\w.\-]+) = ", instruction)
+      if not name:
+        continue
+      callee = re.search(r"calls=%?([\w.\-]+)", instruction)
+      body = bodies.get(callee.group(1), []) if callee else []
+      key = [i for i in body if re.search(r" (convolution|dot)\(", i)] or [i for i in body if i.startswith("ROOT")]
+      ops_.setdefault(name.group(1), describe(key[0] if key else instruction))
+  return ops_
+
+
+def op_profile_benchmark(
+  model: str, batch_size: int, *, steps: int = 10, top: int = 12, config: ml_collections.ConfigDict | None = None
+) -> list[dict[str, Any]]:
+  """Where one train step's time goes, per XLA op: the fast path's ``top`` kinds of op by time, from a trace.
+
+  Traces ``steps`` steps with ``jax.profiler`` (a Perfetto trace) and sums the durations of the compiled
+  ops that compute the same thing (``what``: opcode, shape, conv window; ``ops`` of them, e.g. one per
+  batch chunk), per step. Ops can run at once on several cores, so shares can add up to more than 1;
+  ``step_ms`` is the wall time of a step while traced.
+  """
+  if model == "seedcnn":
+    task, config = classifier, config_lib.base() if config is None else config
+  else:
+    task, config = tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
+  timed = _TimedStep(task, config, batch_size, plain=False)
+  for _ in range(3):
+    metrics = timed.step()
+  timed.sync(metrics)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+      metrics = timed.step()
+    timed.sync(metrics)
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  described = _hlo_ops(timed.step_fn.lower(timed.state, timed.batch, timed.rng).compile().as_text())
+  # Ops that compute the same thing (one per batch chunk, say) are summed together.
+  totals: dict[str, list] = {}
+  for event in trace["traceEvents"] if isinstance(trace, dict) else trace:
+    what = described.get(event.get("name"))
+    if event.get("ph") == "X" and what is not None:
+      entry = totals.setdefault(what, [0.0, set()])
+      entry[0] += event.get("dur", 0.0) / 1e3
+      entry[1].add(event["name"])
+  ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+  return [
+    {
+      "kind": "op_profile",
+      "framework": "project",
+      "mode": "fast",
+      "model": model,
+      "batch": batch_size,
+      "what": what,
+      "ops": len(names),
+      "ms_per_step": round(ms / steps, 3),
+      "share_of_step": round(ms / steps / step_ms, 3),
+      "step_ms": round(step_ms, 2),
+      **_platform(),
+    }
+    for what, (ms, names) in ranked
+  ]
+
+
 def _is_default_cnn(config: ml_collections.ConfigDict) -> bool:
   return config.model.to_dict() == config_lib.base().model.to_dict()
 
@@ -493,14 +599,18 @@ def run_benchmarks(
     if emit is not None:
       emit(record)
 
+  train_runs = [("seedcnn", b) for b in batch_sizes] if "seedcnn" in train_models else []
+  train_runs += [(PEERS_DCGAN, 128)] if PEERS_DCGAN in train_models else []
+  train_runs += [(GAN_CONFIG, gan_config().batch_size)] if GAN_CONFIG in train_models else []
   if "train_step" in only:
-    runs = [("seedcnn", b) for b in batch_sizes] if "seedcnn" in train_models else []
-    runs += [(PEERS_DCGAN, 128)] if PEERS_DCGAN in train_models else []
-    runs += [(GAN_CONFIG, gan_config().batch_size)] if GAN_CONFIG in train_models else []
-    for model, batch_size in runs:
+    for model, batch_size in train_runs:
       for record in train_step_benchmark(
         model, batch_size, repeats=repeats, target_s=target_s, config=config, paths=paths
       ):
+        add(record)
+  if "op_profile" in only:
+    for model, batch_size in train_runs:
+      for record in op_profile_benchmark(model, batch_size, config=config):
         add(record)
   if "deconv_kernel_grad" in only:
     add(deconv_kernel_grad_benchmark(calls=steps, repeats=repeats))

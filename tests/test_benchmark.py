@@ -131,3 +131,14 @@ def test_cli_bad_flag_is_one_line_error(cli, flag):
   assert result.stdout == ""
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+
+
+def test_op_profile_names_what_each_op_computes():
+  records = benchmark.op_profile_benchmark("seedcnn", 8, steps=2, top=4)
+  assert 1 <= len(records) <= 4
+  times = [r["ms_per_step"] for r in records]
+  assert times == sorted(times, reverse=True) and times[0] > 0
+  for r in records:
+    assert r["kind"] == "op_profile" and r["model"] == "seedcnn" and r["batch"] == 8 and r["ops"] >= 1
+    assert re.match(r"[\w\-]+ [a-z0-9]+\[[\d,]*\]", r["what"]), r["what"]  # opcode and shape
+  assert any(r["what"].startswith(("dot ", "convolution ")) for r in records)
