@@ -42,11 +42,11 @@ import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import stats
 
 # A driver, like a notebook: it runs `train` in-process, one run after another.
-from deconv_jax import cli, data, measure, quality, tasks, train
+from deconv_jax import cli, data, measure, quality, tasks, train, visualize
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import image_grid
@@ -302,7 +302,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
     f.write(table + "\n")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  samples_figure(shown).save(os.path.join(workdir, "samples.png"))
+  samples_figure(shown, seeds[0]).save(os.path.join(workdir, "samples.png"))
   return table
 
 
@@ -457,18 +457,18 @@ def _check_markdown(check: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- figures
 
 
-def samples_figure(shown: list[tuple[str, np.ndarray]], zoom: int = 2) -> Image.Image:
-  """Each variant's samples (a 4x4 grid, same latents everywhere) side by side under its name."""
-  grids = [(name, image_grid(images, cols=4)) for name, images in shown]
-  h, w = grids[0][1].shape[:2]
-  label_h, gap = 14, 12
-  canvas = Image.new("RGB", (len(grids) * (w * zoom + gap) + gap, h * zoom + label_h + 2 * gap), "white")
-  draw = ImageDraw.Draw(canvas)
-  for i, (name, grid) in enumerate(grids):
-    x = gap + i * (w * zoom + gap)
-    draw.text((x, gap // 2), name, fill="black")
-    canvas.paste(Image.fromarray(grid).resize((w * zoom, h * zoom), Image.NEAREST), (x, gap // 2 + label_h))
-  return canvas
+def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2) -> Image.Image:
+  """Each variant's samples (a 4x4 grid, the same latents everywhere) side by side under its name."""
+  blocks = []
+  for name, images in shown:
+    grid = Image.fromarray(image_grid(images, cols=4))
+    grid = np.asarray(grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST), np.float32) / 255
+    blocks.append(visualize.captioned(name, grid))
+  return visualize.figure(
+    f"The same {len(shown[0][1])} latents through every up-sampling variant (seed {seed})",
+    visualize.stack(blocks, axis=1, gap=3 * visualize.GAP),
+    "A class-conditional generator draws the classes 0-9, then 0-5, in reading order.",
+  )
 
 
 # ---------------------------------------------------------------- the command
