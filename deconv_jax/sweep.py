@@ -13,7 +13,9 @@ set ``measure.real_*``), and writes
   README discusses, each with a paired t-test over the seeds; and the checkerboard score's check
   (`init_checkerboard`, `pattern_scores`);
 * ``DIR/results.json``: the same numbers, with every per-seed value;
-* ``DIR/samples.png``: the same 16 latents through every variant (the first seed), side by side.
+* ``DIR/samples.png``: the same 16 latents through every variant (the first seed), side by side;
+* ``DIR/spectrum.png``: the mean power spectrum of each variant's images and of the real set, its
+  ratio to the real set's, and a zoomed crop of one sample per variant (`spectrum_figure`).
 
 ``--seeds=N`` (default 1) trains every variant with each of the seeds ``config.seed``, ...,
 ``config.seed + N - 1``. The seed keys the initial parameters, the order of the training data and the
@@ -70,6 +72,7 @@ ALPHA = 0.05  # a difference "exceeds spread" when its paired t-test gives p < A
 AMPLITUDES = (0.0, 0.01, 0.03, 0.1, 0.3)  # of the stride-2 patterns added to real digits
 NUM_CHECKED = 500  # images per generator in the checkerboard check
 NUM_SHOWN = 16
+SHOWN_INDEX = 8  # the measured sample whose crop spectrum.png shows (class 8 for a conditional GAN)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "gan.py")
 
 
@@ -262,10 +265,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
   }
 
   # ---- every variant, every seed.
-  shown = []
+  spectra, crops, shown = {"real set": quality.power_spectrum(real)}, {"real set": real[SHOWN_INDEX]}, []
   for name in variants:
     _move_single_seed_run(os.path.join(workdir, name))
-    runs = []
+    runs, spectrum = [], 0.0
     for seed in seeds:
       path, cfg = run_dir(workdir, name, seed), variant_config(config, name, seed)
       start = time.time()
@@ -274,7 +277,9 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
       state = workdir_lib.restore(cfg, path, task, command="sweep").state
       generated = task.generate_many(state, n)
       runs.append({**measure.generated_quality(generated, real, featurizer), "train_seconds": seconds})
+      spectrum = spectrum + quality.power_spectrum(generated) / len(seeds)
       if seed == seeds[0]:
+        crops[name] = generated[SHOWN_INDEX]
         shown.append((name, np.asarray(task.generate(state, task.sample_latents(state, NUM_SHOWN)))))
       r = runs[-1]
       print(
@@ -282,6 +287,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
         f"checkerboard score {r['checkerboard_score']:.2f}, training loop {seconds:.0f} s",
         flush=True,
       )
+    spectra[name] = spectrum
     results["variants"][name] = summaries(runs, [*keys, "train_seconds"])
   results["comparisons"] = [
     {"a": a, "b": b, "metric": k, **paired_comparison(*(results["variants"][v][k]["values"] for v in (a, b)))}
@@ -303,6 +309,13 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   samples_figure(shown, seeds[0]).save(os.path.join(workdir, "samples.png"))
+  scores = {"real set": f"{len(real)} images"}
+  for v in variants:
+    score = results["variants"][v]["checkerboard_score"]
+    scores[v] = f"checkerboard {mean_std(score, 0 if score['mean'] >= 100 else 2)}"
+  spectrum_figure(
+    spectra, crops, scores, f"{n} images per run" + (f", averaged over {len(seeds)} seeds" if len(seeds) > 1 else "")
+  ).save(os.path.join(workdir, "spectrum.png"))
   return table
 
 
@@ -468,6 +481,134 @@ def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2
     f"The same {len(shown[0][1])} latents through every up-sampling variant (seed {seed})",
     visualize.stack(blocks, axis=1, gap=3 * visualize.GAP),
     "A class-conditional generator draws the classes 0-9, then 0-5, in reading order.",
+  )
+
+
+VIRIDIS = np.array(
+  [[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
+   [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]], np.float32
+) / 255  # fmt: skip
+RED = visualize.RED
+
+
+def _viridis(values: np.ndarray) -> np.ndarray:
+  """Values in ``[0, 1]`` -> RGB ``[..., 3]`` (matplotlib's viridis, linear between 10 of its colours)."""
+  x = np.clip(np.nan_to_num(values), 0, 1) * (len(VIRIDIS) - 1)
+  low = np.minimum(np.floor(x).astype(int), len(VIRIDIS) - 2)
+  return VIRIDIS[low] + (x - low)[..., None] * (VIRIDIS[low + 1] - VIRIDIS[low])
+
+
+def _frame(image: np.ndarray, top: int, left: int, size: int, margin: int = 0, width: int = 2) -> np.ndarray:
+  """A red square frame ``width`` pixels wide around the ``size``-pixel square at ``(top, left)``, ``margin``
+  pixels outside it (0: on its border), clipped to ``image`` and drawn into a copy of it."""
+  r, c = np.ogrid[: image.shape[0], : image.shape[1]]
+  lo_r, hi_r, lo_c, hi_c = top - margin, top + size + margin, left - margin, left + size + margin
+  outer = (r >= lo_r) & (r < hi_r) & (c >= lo_c) & (c < hi_c)
+  inner = (r >= lo_r + width) & (r < hi_r - width) & (c >= lo_c + width) & (c < hi_c - width)
+  out = image.copy()
+  out[outer & ~inner] = RED
+  return out
+
+
+def _gray_rgb(image_HWC: np.ndarray) -> np.ndarray:
+  image = np.clip(np.asarray(image_HWC, np.float32), 0, 1)
+  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+
+
+def _nearest(image_HWC: np.ndarray, zoom: int) -> np.ndarray:
+  return np.repeat(np.repeat(image_HWC, zoom, axis=0), zoom, axis=1)
+
+
+def _centred(spectrum_HW: np.ndarray) -> np.ndarray:
+  """``[H + 1, W + 1]``: DC in the middle, and the Nyquist row and column (``±1/2`` cycle per pixel, one
+  frequency) on both edges, so that the picture is symmetric."""
+  return np.pad(np.fft.fftshift(spectrum_HW), ((0, 1), (0, 1)), mode="wrap")
+
+
+def _pad_width(block: np.ndarray, width: int) -> np.ndarray:
+  return visualize.stack([block, np.ones((1, width, 3), np.float32)], axis=0, center=True)[:-1]
+
+
+def spectrum_figure(
+  spectra: dict[str, np.ndarray],
+  samples: dict[str, np.ndarray],
+  captions: dict[str, str],
+  counts: str,
+  reference: str = "real set",
+  zoom: int = 7,
+  decades: float = 1.0,
+) -> Image.Image:
+  """Where checkerboards live: per column (``reference`` first, then each variant) its mean power spectrum
+  ``[H, W]`` (`quality.power_spectrum`; log10, one scale for all), that spectrum divided by the reference's
+  (log10, ``±decades``), one sample ``[H, W, C]`` with its centre framed, and that centre enlarged.
+
+  Zero frequency is at the centre of each spectrum, ±1/2 cycle per pixel at its edges; the alias bins that
+  the checkerboard score counts (`quality.alias_mask`) are framed in red.
+  """
+  names = [reference, *(n for n in spectra if n != reference)]
+  h, w = spectra[reference].shape
+  logs = {name: np.log10(np.maximum(_centred(spectra[name]), 1e-30)) for name in names}
+  for log in logs.values():
+    log[h // 2, w // 2] = np.nan  # DC: removed by mean-subtracting each image
+  top = max(np.nanmax(v) for v in logs.values())
+  bottom = max(min(np.nanmin(v) for v in logs.values()), top - 8)
+  alias = _centred(quality.alias_mask(h, w))
+  crop_at, size = h // 4, h // 2
+
+  def panel(rgb_HW3: np.ndarray) -> np.ndarray:
+    image = _nearest(rgb_HW3, zoom)
+    for r, c in zip(*np.nonzero(alias)):
+      image = _frame(image, r * zoom, c * zoom, zoom, margin=2)
+    return image
+
+  gray = lambda v: np.repeat((0.5 + 0.5 * np.clip(v, -1, 1))[..., None], 3, axis=-1)
+  rows: list[list[np.ndarray]] = [[], [], [], [], []]
+  for name in names:
+    power = _viridis((logs[name] - bottom) / (top - bottom))
+    power[np.isnan(logs[name])] = 1.0
+    ratio = np.nan_to_num((logs[name] - logs[reference]) / decades)  # DC: mid-gray
+    sample = _gray_rgb(samples[name])
+    rows[0].append(visualize.text(f"{name}\n{captions.get(name, '')}", center=True))
+    rows[1].append(panel(power))
+    rows[2].append(panel(gray(ratio)))
+    rows[3].append(_frame(_nearest(sample, zoom), crop_at * zoom, crop_at * zoom, size * zoom))
+    crop = sample[crop_at : crop_at + size, crop_at : crop_at + size]
+    rows[4].append(_nearest(crop, (h * zoom) // size))
+  labels = [
+    "",
+    "mean power\nspectrum\n(log10)",
+    f"ratio to the\n{reference}\n(log10, ±{decades:g})",
+    "one sample",
+    f"its centre,\n{(h * zoom) // size}x",
+  ]
+  width = max(block.shape[1] for row in rows for block in row)
+  label_width = max(visualize.text(t).shape[1] for t in labels)
+  lines = []
+  for label, row in zip(labels, rows):
+    cells = [visualize.text(label, label_width), *(_pad_width(block, width) for block in row)]
+    lines.append(visualize.stack(cells, axis=1, gap=2 * visualize.GAP))
+  bar = np.linspace(0, 1, 256)[None, :].repeat(12, axis=0)
+  legend = visualize.stack(
+    [
+      visualize.text(f"power: 10^{bottom:.1f}"),
+      _viridis(bar),
+      visualize.text(f"10^{top:.1f}        ratio: 1/{10**decades:g}"),
+      gray(2 * bar - 1),
+      visualize.text(f"{10**decades:g}x"),
+    ],
+    axis=1,
+    gap=visualize.GAP,
+    center=True,
+  )
+  return visualize.figure(
+    f"Where checkerboards live: mean power spectra of generated images and of the {reference} ({counts})",
+    visualize.stack([visualize.stack(lines, axis=0, gap=visualize.GAP), legend], axis=0, gap=3 * visualize.GAP),
+    "Spectra: |FFT|^2 of each mean-subtracted image, averaged; zero frequency at the centre (removed: white), "
+    "±1/2 cycle per pixel at the edges;\nhorizontal frequency left to right, vertical top to bottom. Red frames: "
+    "the stride-2 alias frequencies (1/2, 0), (0, 1/2), (1/2, 1/2), whose share of the power\nthe checkerboard "
+    f"score compares with the {reference}'s. Ratio: mid-gray = as much power as the {reference}, white = more, "
+    "black = less.\nBottom rows: one generated image (the same latent and class in every column), its framed "
+    "centre enlarged.",
   )
 
 

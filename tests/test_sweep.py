@@ -1,5 +1,5 @@
 """The up-sampling sweep: statistics over seeds on hand-made numbers, the checkerboard score on generators and
-images whose artifacts are known, and a tiny two-seed sweep end to end."""
+images whose artifacts are known, the figures, and a tiny two-seed sweep end to end."""
 
 import itertools
 import json
@@ -12,7 +12,7 @@ from conftest import REPO
 from PIL import Image
 
 from deconv_jax import config as config_lib
-from deconv_jax import measure, sweep, train
+from deconv_jax import measure, quality, sweep, train
 
 # ----------------------------------------------------------------------------
 # Statistics over seeds.
@@ -115,6 +115,30 @@ def test_checkerboard_score_at_initialization_follows_the_kernel_overlap(real_di
 
 
 # ----------------------------------------------------------------------------
+# Figures.
+# ----------------------------------------------------------------------------
+
+
+def test_centred_spectrum_is_symmetric_with_the_alias_bins_on_its_edges():
+  mask = sweep._centred(quality.alias_mask(8, 8))
+  assert mask.shape == (9, 9) and not mask[4, 4]  # DC in the middle
+  np.testing.assert_array_equal(mask, mask[::-1, ::-1])
+  assert sorted(zip(*np.nonzero(mask))) == [(0, 0), (0, 4), (0, 8), (4, 0), (4, 8), (8, 0), (8, 4), (8, 8)]
+
+
+def test_spectrum_figure_draws_a_column_per_image_set(real_digits):
+  rng = np.random.default_rng(0)
+  noisy = np.clip(real_digits[:50] + 0.2 * rng.standard_normal(real_digits[:50].shape), 0, 1)
+  spectra = {"real set": quality.power_spectrum(real_digits), "noisy": quality.power_spectrum(noisy)}
+  samples = {"real set": real_digits[0], "noisy": noisy[0]}
+  two = sweep.spectrum_figure(spectra, samples, {"noisy": "checkerboard 3.00"}, "50 images")
+  one = sweep.spectrum_figure({"real set": spectra["real set"]}, samples, {}, "50 images")
+  red = lambda image: int(np.sum(np.all(np.asarray(image) == sweep.RED * 255, axis=-1)))
+  assert two.mode == "RGB" and two.height == one.height
+  assert red(one) > 0 and red(two) == 2 * red(one)  # per column: 8 alias frames in each spectrum, 1 crop frame
+
+
+# ----------------------------------------------------------------------------
 # The sweep end to end, and its command's errors.
 # ----------------------------------------------------------------------------
 
@@ -172,7 +196,7 @@ def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path
   assert all(a < b for values in check["patterns"].values() for a, b in itertools.pairwise(values))
   assert "| a · (-1)^(i+j) | 1.00 |" in table
   assert (tmp_path / "results.md").read_text().strip() == table
-  for figure in ("samples.png",):
+  for figure in ("samples.png", "spectrum.png"):
     with Image.open(tmp_path / figure) as image:
       assert image.width > 400 and image.height > 200, figure
 
