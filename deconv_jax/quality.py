@@ -95,21 +95,36 @@ def classifier_score(logits_NK: np.ndarray, num_splits: int = 1) -> float:
   return float(classifier_scores(logits_NK, num_splits).mean())
 
 
+def power_spectrum(images_NHWC: np.ndarray) -> np.ndarray:
+  """Mean spectral power ``[H, W]``: ``|FFT2|^2`` over H, W of each mean-subtracted image and channel, averaged over
+  images and channels; float64, in `np.fft.fft2` order (DC at ``[0, 0]``, Nyquist at ``[H/2, .]`` and ``[., W/2]``;
+  `np.fft.fftshift` centres DC for display)."""
+  images = np.asarray(images_NHWC, dtype=np.float64)
+  if images.ndim != 4:
+    raise ValueError(f"images must be NHWC, got shape {images.shape}")
+  centered = images - images.mean(axis=(1, 2), keepdims=True)
+  return np.mean(np.abs(np.fft.fft2(centered, axes=(1, 2))) ** 2, axis=(0, 3))
+
+
+def alias_mask(h: int, w: int, width: int = 1) -> np.ndarray:
+  """The alias set of `checkerboard_share` as a boolean ``[h, w]`` in `np.fft.fft2` order: every bin whose
+  wrap-around Chebyshev distance to ``(h/2, 0)``, ``(0, w/2)`` or ``(h/2, w/2)`` is below ``width``."""
+  circular = lambda n, k0: np.minimum(np.abs(np.arange(n) - k0), n - np.abs(np.arange(n) - k0)) < width
+  near_h, near_w = [(circular(n, 0), circular(n, n // 2)) for n in (h, w)]
+  return np.outer(near_h[1], near_w[0]) | np.outer(near_h[0], near_w[1]) | np.outer(near_h[1], near_w[1])
+
+
 def _alias_power(images_NHWC: np.ndarray, width: int) -> tuple[float, float]:
-  """(power within ``width`` of the three alias points, power of all non-DC bins), summed over images and channels."""
+  """(mean power within ``width`` of the three alias points, mean power of all non-DC bins) (`power_spectrum`)."""
   images = np.asarray(images_NHWC, dtype=np.float64)
   if images.ndim != 4 or images.shape[1] % 2 or images.shape[2] % 2:
     raise ValueError(f"images must be NHWC with even H and W, got shape {images.shape}")
   _, h, w, _ = images.shape
   if not (isinstance(width, int) and width >= 1 and 4 * (width - 1) < min(h, w)):
     raise ValueError(f"width must be an int with 1 <= width and 4 * (width - 1) < min(H, W), got {width} for {h}x{w}")
-  centered = images - images.mean(axis=(1, 2), keepdims=True)
-  power_HW = np.sum(np.abs(np.fft.fft2(centered, axes=(1, 2))) ** 2, axis=(0, 3))
-  circular = lambda n, k0: np.minimum(np.abs(np.arange(n) - k0), n - np.abs(np.arange(n) - k0)) < width
-  near_h, near_w = [(circular(n, 0), circular(n, n // 2)) for n in (h, w)]
-  mask = np.outer(near_h[1], near_w[0]) | np.outer(near_h[0], near_w[1]) | np.outer(near_h[1], near_w[1])
+  power_HW = power_spectrum(images)
   power_HW[0, 0] = 0.0  # DC is excluded from the total (it is ~0 after centering anyway).
-  return float(power_HW[mask].sum()), float(power_HW.sum())
+  return float(power_HW[alias_mask(h, w, width)].sum()), float(power_HW.sum())
 
 
 def checkerboard_share(images_NHWC: np.ndarray, width: int = 1) -> float:

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from conftest import REPO, steps_over_processes
 
 from deconv_jax import config as config_lib
-from deconv_jax import data, sweep, train
+from deconv_jax import data, train
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.tasks import gan
 
@@ -161,21 +161,6 @@ def test_evaluate_measures_a_gan_with_the_classifier(cli, tmp_path, classifier_d
   assert bad.stderr.strip().splitlines()[-1] == (
     f"error: config.measure.classifier_workdir={workdir!r} is a 'gan' run, not a classifier run"
   )
-
-
-def test_sweep_writes_the_table_and_the_figure(tmp_path, classifier_dir):
-  config = tiny_gan()
-  config.num_train_steps = 2
-  config.measure.classifier_workdir = classifier_dir
-  table = sweep.sweep(config, str(tmp_path), ["transpose_k4", "subpixel_k3"])
-  lines = table.splitlines()
-  assert lines[2].startswith("| variant | FID | classifier score | checkerboard score |")
-  names = [line.split("|")[1].strip() for line in lines[4:]]
-  assert names == ["untrained (transpose_k4, step 0)", "transpose_k4", "subpixel_k3", "real: 4500 training images"]
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["real"]["num_generated"] == 4500 and results["transpose_k4"]["num_generated"] == 64
-  assert (tmp_path / "samples.png").stat().st_size > 0
-  assert (tmp_path / "results.md").read_text().strip() == table
 
 
 def test_gan_config_errors_are_one_line(cli, tmp_path):

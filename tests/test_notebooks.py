@@ -20,7 +20,7 @@ NOTEBOOKS = sorted(n for n in os.listdir(COLAB) if n.endswith(".ipynb"))
 FIGURES = {
   "01_deconv_is_the_adjoint.ipynb": 2,
   "02_train_and_look_inside.ipynb": 3,
-  "03_generators_and_checkerboards.ipynb": 4,
+  "03_generators_and_checkerboards.ipynb": 5,
 }
 QUICK_LINE = re.compile(r"^QUICK = (True|False)\b", re.M)
 

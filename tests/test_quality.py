@@ -186,6 +186,19 @@ def test_checkerboard_score_of_images_against_themselves_is_one():
     quality.checkerboard_score(images, np.full((2, H, W, 1), 0.3))
 
 
+def test_power_spectrum_of_stripes_is_one_bin_and_the_alias_mask_is_three():
+  i, _ = grid()
+  stripes = np.concatenate([as_nhwc(0.3 + 0.2 * (-1.0) ** i), as_nhwc(0.6 - 0.4 * (-1.0) ** i)])  # mean removed
+  power = quality.power_spectrum(stripes)
+  expected = np.zeros((H, W))
+  expected[H // 2, 0] = np.mean([(0.2 * H * W) ** 2, (0.4 * H * W) ** 2])  # averaged over the two images
+  np.testing.assert_allclose(power, expected, atol=1e-9)
+  assert sorted(zip(*np.nonzero(quality.alias_mask(H, W)))) == [(0, W // 2), (H // 2, 0), (H // 2, W // 2)]
+  assert quality.alias_mask(H, W, width=2).sum() == 3 * 9
+  with pytest.raises(ValueError, match="NHWC"):
+    quality.power_spectrum(np.zeros((H, W, 1)))
+
+
 @pytest.mark.parametrize("shape", [(1, 15, 16, 1), (1, 16, 15, 3), (16, 16, 1)])
 def test_checkerboard_share_rejects_odd_sizes_naming_the_shape(shape):
   with pytest.raises(ValueError, match=re.escape(str(shape))):
