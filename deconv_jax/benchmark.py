@@ -14,7 +14,7 @@ Six benchmarks (``--only`` picks among them):
   (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
   ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
   ``achieved_gflops``, ...), so its ``summarize.py`` tables them beside the peers.
-- ``op_profile``: where the fast path's time goes: for the same train steps, the
+- ``op_profile``: where the time goes: for the same train steps and paths, the
   top XLA ops per step from a ``jax.profiler`` trace, each with what it computes
   (``dot f32[3872,64]``, ``convolution ... window ...``) and its share of the step.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
@@ -367,9 +367,15 @@ def _hlo_ops(hlo_text: str) -> dict[str, str]:
 
 
 def op_profile_benchmark(
-  model: str, batch_size: int, *, steps: int = 10, top: int = 12, config: ml_collections.ConfigDict | None = None
+  model: str,
+  batch_size: int,
+  *,
+  path: str = "fast",
+  steps: int = 10,
+  top: int = 12,
+  config: ml_collections.ConfigDict | None = None,
 ) -> list[dict[str, Any]]:
-  """Where one train step's time goes, per XLA op: the fast path's ``top`` kinds of op by time, from a trace.
+  """Where one train step's time goes, per XLA op: ``path``'s ``top`` kinds of op by time, from a trace.
 
   Traces ``steps`` steps with ``jax.profiler`` (a Perfetto trace) and sums the durations of the compiled
   ops that compute the same thing (``what``: opcode, shape, conv window; ``ops`` of them, e.g. one per
@@ -380,7 +386,7 @@ def op_profile_benchmark(
     task, config = classifier, config_lib.base() if config is None else config
   else:
     task, config = tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
-  timed = _TimedStep(task, config, batch_size, plain=False)
+  timed = _TimedStep(task, config, batch_size, plain=path == "plain")
   for _ in range(3):
     metrics = timed.step()
   timed.sync(metrics)
@@ -409,7 +415,7 @@ def op_profile_benchmark(
     {
       "kind": "op_profile",
       "framework": "project",
-      "mode": "fast",
+      "mode": path,
       "model": model,
       "batch": batch_size,
       "what": what,
@@ -610,8 +616,9 @@ def run_benchmarks(
         add(record)
   if "op_profile" in only:
     for model, batch_size in train_runs:
-      for record in op_profile_benchmark(model, batch_size, config=config):
-        add(record)
+      for path in paths:
+        for record in op_profile_benchmark(model, batch_size, path=path, config=config):
+          add(record)
   if "deconv_kernel_grad" in only:
     add(deconv_kernel_grad_benchmark(calls=steps, repeats=repeats))
   if "max_pool_grad" in only:
@@ -634,7 +641,7 @@ def _positive_ints(values: Sequence[str]) -> bool:
 def define_flags() -> None:
   flags.DEFINE_list("batch_sizes", ["32", "256"], "Batch sizes of the classifier's train step.")
   flags.DEFINE_list("train_models", list(TRAIN_MODELS), f"Train steps to time, of {', '.join(TRAIN_MODELS)}.")
-  flags.DEFINE_list("paths", list(PATHS), "Which paths of each train step to time: fast, plain (ops.plain_xla).")
+  flags.DEFINE_list("paths", list(PATHS), "Paths of each train step to time or profile: fast, plain (ops.plain_xla).")
   flags.DEFINE_float(
     "target_s", 3.0, "Seconds per timed run of a train step (the peers' --target-s).", lower_bound=0.01
   )
