@@ -37,11 +37,11 @@ strided correlation, where differentiating the input-dilated convolution directl
 a dilated one that it runs many times slower.
 
 How a conv is computed is chosen by backend, never what it computes. On CPU a stride-1,
-ungrouped 2-D conv is patches times a matrix (`conv_as_matmul`): XLA:CPU's dot runs
-that 1.3 to 1.6 times faster than its own convolution on the classifier's maps, and its
-gradients (the transposes of a slice and a dot) follow by autodiff. Every other conv, and
-every conv on GPU and TPU, is XLA's. Inside ``with plain_xla():`` all of them are XLA's
-(the reference the fast path is tested and timed against).
+ungrouped 2-D conv with small patches (the classifier's) is patches times a matrix
+(`conv_as_matmul`), which XLA:CPU's dot runs faster than its own convolution; its kernel
+gradient is the patches' transpose times the cotangent, its input gradient XLA's transposed
+conv. Every other conv, and every conv on GPU and TPU, is XLA's. Inside ``with plain_xla():``
+all of them are XLA's (the reference the fast path is tested and timed against).
 """
 
 from __future__ import annotations
@@ -341,12 +341,26 @@ def conv(
     dimension_numbers=_DIMENSION_NUMBERS[n],
     feature_group_count=groups,
   )
-  if _PLAIN_XLA.get() or n != 2 or groups != 1 or strides != (1,) * n or x.dtype != kernel.dtype:
+  if _PLAIN_XLA.get() or not _patches_pay(x.shape, kernel.shape, strides, groups) or x.dtype != kernel.dtype:
     return xla_conv(x, kernel)
   # Chosen when the function is lowered, for the platform it is compiled for.
   return lax.platform_dependent(
     x, kernel, cpu=lambda x, k: _conv_by_patches(x, k, pads, dilation), default=lambda x, k: xla_conv(x, k)
   )
+
+
+# Patches times a matrix beat XLA:CPU's convolution (forward and both gradients) on the classifier's maps
+# (batch 32: patches up to 1.1M floats, 32 to 128 output channels), and lost 2-4x on larger patches (a
+# GAN's 28x28 maps at batch 64: 7M floats) and on 1 output channel (a matrix-vector product).
+_MAX_PATCH_ELEMENTS = 1 << 21
+_MIN_OUT_CHANNELS = 16
+
+
+def _patches_pay(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int], groups: int) -> bool:
+  """Whether `conv` takes patches times a matrix on CPU: a 2-D, stride-1, ungrouped conv with small patches."""
+  if len(kernel_shape) != 4 or groups != 1 or tuple(strides) != (1, 1) or kernel_shape[-1] < _MIN_OUT_CHANNELS:
+    return False
+  return math.prod(x_shape[:-1]) * math.prod(kernel_shape[:-1]) <= _MAX_PATCH_ELEMENTS
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))

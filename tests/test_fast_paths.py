@@ -42,7 +42,7 @@ def _assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
 def test_conv_by_patches_equals_xla_conv_values_and_gradients(kw):
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (3, 12, 11, 5))
-  kernel = jax.random.normal(kk, (3, 2, 5, 7))
+  kernel = jax.random.normal(kk, (3, 2, 5, 16))
   out_shape = jax.eval_shape(lambda: ops.conv(x, kernel, **kw)).shape
   g = jax.random.normal(kg, out_shape)
 
@@ -54,18 +54,22 @@ def test_conv_by_patches_equals_xla_conv_values_and_gradients(kw):
   _assert_trees_close(fast, plain)
 
 
-def test_on_cpu_a_stride_1_conv_is_a_dot_and_a_strided_one_stays_xla_conv():
-  x, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 4))
-  hlo = lambda **kw: jax.jit(lambda x, k: ops.conv(x, k, **kw)).lower(x, kernel).compile().as_text()
-  assert "convolution(" not in hlo(strides=1) and " dot(" in hlo(strides=1)
-  assert "convolution(" in hlo(strides=2)
+def test_on_cpu_a_small_stride_1_conv_is_a_dot_and_others_stay_xla_convs():
+  def hlo(x_shape, kernel_shape, **kw):
+    lowered = jax.jit(lambda x, k: ops.conv(x, k, **kw)).lower(jnp.ones(x_shape), jnp.ones(kernel_shape))
+    return lowered.compile().as_text()
+
+  assert "convolution(" not in hlo((2, 9, 9, 3), (3, 3, 3, 16)) and " dot(" in hlo((2, 9, 9, 3), (3, 3, 3, 16))
+  assert "convolution(" in hlo((2, 9, 9, 3), (3, 3, 3, 16), strides=2)
+  assert "convolution(" in hlo((2, 9, 9, 3), (3, 3, 3, 1))  # one output channel: a matrix-vector product
+  assert "convolution(" in hlo((64, 28, 28, 32), (3, 3, 32, 16))  # 14M floats of patches
   with ops.plain_xla():
-    assert "convolution(" in hlo(strides=1)
+    assert "convolution(" in hlo((2, 9, 9, 3), (3, 3, 3, 16))
 
 
 def test_stride_1_deconv_and_its_kernel_gradient_equal_the_plain_path():
   ky, kk = jax.random.split(jax.random.key(1))
-  y, kernel = jax.random.normal(ky, (2, 10, 10, 6)), jax.random.normal(kk, (4, 4, 3, 6))
+  y, kernel = jax.random.normal(ky, (2, 10, 10, 16)), jax.random.normal(kk, (4, 4, 3, 16))
 
   def value_and_grads(y, kernel):
     f = lambda y, k: ops.deconv(y, k, padding="SAME")
