@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import test_gan
 from conftest import REPO
 from PIL import Image
 
@@ -144,17 +145,8 @@ def test_spectrum_figure_draws_a_column_per_image_set(real_digits):
 
 
 def tiny_gan():
-  c = config_lib.base()
-  c.task = "gan"
-  c.batch_size = 16
+  c = test_gan.tiny_gan()
   c.num_train_steps = 2
-  c.optimizer.learning_rate = 2e-4
-  c.optimizer.b1 = 0.5
-  c.generator.latent_dim = 8
-  c.generator.base_features = 8
-  c.generator.features = (8, 4)
-  c.discriminator.features = (8, 8)
-  c.measure.num_samples = 64
   return c
 
 
