@@ -269,7 +269,8 @@ _PLAIN_XLA = contextvars.ContextVar("deconv_jax_plain_xla", default=False)
 def plain_xla():
   """Functions traced inside use XLA's own convolution for every conv, on every backend (no fast paths).
 
-  It acts when a function is traced: a jitted function keeps the choice it was compiled with.
+  It acts when a function is traced: a jitted function keeps the choice it was compiled with, and
+  ``jax.jit``'s cache does not see the context, so jit a new function (a new lambda) inside it.
   """
   token = _PLAIN_XLA.set(True)
   try:
