@@ -161,6 +161,14 @@ def gan_config() -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def _task_and_config(model: str, config: ml_collections.ConfigDict | None) -> tuple[Any, ml_collections.ConfigDict]:
+  """The task and config of a train-step ``model``: the classifier of ``config`` (default `config.base()`) for
+  ``"seedcnn"``, else the GAN of `peers_dcgan_config` or `gan_config`."""
+  if model == "seedcnn":
+    return classifier, config_lib.base() if config is None else config
+  return tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
+
+
 def _peers_dense_flops(model: str) -> int | None:
   """FLOPs per image of one train step as the peers count them: 2 x MACs of every conv and dense, padding taps too.
 
@@ -261,10 +269,7 @@ def train_step_benchmark(
   ``target_s``; then ``repeats`` runs of ``n`` steps, blocked on the last step's state, the paths
   alternating (A, B, A, B, ...) so the machine's noise hits both alike.
   """
-  if model == "seedcnn":
-    task, config = classifier, config_lib.base() if config is None else config
-  else:
-    task, config = tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
+  task, config = _task_and_config(model, config)
   runs = []
   for path in paths:
     start = time.perf_counter()
@@ -382,10 +387,7 @@ def op_profile_benchmark(
   batch chunk), per step. Ops can run at once on several cores, so shares can add up to more than 1;
   ``step_ms`` is the wall time of a step while traced.
   """
-  if model == "seedcnn":
-    task, config = classifier, config_lib.base() if config is None else config
-  else:
-    task, config = tasks.get("gan"), peers_dcgan_config() if model == PEERS_DCGAN else gan_config()
+  task, config = _task_and_config(model, config)
   timed = _TimedStep(task, config, batch_size, plain=path == "plain")
   for _ in range(3):
     metrics = timed.step()
