@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,12 +73,27 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any 
     mngr.wait_until_finished()
   except Exception as e:
     if jax.process_index() == 0:
-      for leftover in glob.glob(os.path.join(str(mngr.directory), f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(leftover, ignore_errors=True)
+      remove_failed_save(str(mngr.directory), step)
     previous = [s for s in mngr.all_steps() if s != step]
     kept = f"the checkpoint of step {max(previous)} is intact" if previous else "no earlier checkpoint exists"
     message = f"saving the checkpoint of step {step} in {mngr.directory} failed ({_one_line(e)}); {kept}"
     raise CheckpointError(message) from None
+
+
+def remove_failed_save(directory: str, step: int, patience_s: float = 10.0) -> None:
+  """Removes the temporary directory that a failed save of ``step`` left in ``directory``.
+
+  Orbax raises at the first failed write; its other writes may still be landing. Under load, one
+  `rmtree` once left the directory behind, so this removes until it stays gone, for up to ``patience_s``.
+  """
+  pattern = os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")
+  deadline = time.monotonic() + patience_s
+  while True:
+    for leftover in glob.glob(pattern):
+      shutil.rmtree(leftover, ignore_errors=True)
+    time.sleep(0.05)  # a write in flight lands now, or not at all
+    if not glob.glob(pattern) or time.monotonic() > deadline:
+      return
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, state_template: Any, data_iterator: Any | None = None) -> Any:

@@ -4,6 +4,8 @@ import glob
 import os
 import subprocess
 import sys
+import threading
+import time
 
 from conftest import REPO
 from test_train import SMALL, assert_trees_close, final_params, small_config
@@ -82,3 +84,24 @@ def test_leftovers_of_a_killed_save_are_removed_at_start_up(tmp_path):
   train.train_and_evaluate(small_config(), workdir)
   assert not os.path.exists(leftover)
   assert checkpoint.steps(workdir) == [20, 40]
+
+
+def test_a_failed_save_is_removed_even_while_its_last_writes_land(tmp_path):
+  # Orbax raises at the first failed write while others may still land: here a writer keeps adding files.
+  leftover = tmp_path / "7.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp" / "d"
+  kept = tmp_path / "6"
+  kept.mkdir()
+  stop = time.monotonic() + 0.5
+
+  def late_writes():
+    i = 0
+    while time.monotonic() < stop:
+      leftover.mkdir(parents=True, exist_ok=True)
+      (leftover / f"chunk{i}").write_bytes(b"x" * 1024)
+      i += 1
+
+  writer = threading.Thread(target=late_writes)
+  writer.start()
+  checkpoint.remove_failed_save(str(tmp_path), 7)
+  writer.join()
+  assert sorted(os.listdir(tmp_path)) == ["6"]
