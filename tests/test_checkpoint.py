@@ -91,17 +91,19 @@ def test_a_failed_save_is_removed_even_while_its_last_writes_land(tmp_path):
   leftover = tmp_path / "7.orbax-checkpoint-tmp" / "state.orbax-checkpoint-tmp" / "d"
   kept = tmp_path / "6"
   kept.mkdir()
-  stop = time.monotonic() + 0.5
+  stop, writing = time.monotonic() + 0.5, threading.Event()
 
   def late_writes():
     i = 0
-    while time.monotonic() < stop:
+    while time.monotonic() < stop or not writing.is_set():
       leftover.mkdir(parents=True, exist_ok=True)
       (leftover / f"chunk{i}").write_bytes(b"x" * 1024)
+      writing.set()
       i += 1
 
   writer = threading.Thread(target=late_writes)
   writer.start()
+  writing.wait()
   checkpoint.remove_failed_save(str(tmp_path), 7)
   writer.join()
   assert sorted(os.listdir(tmp_path)) == ["6"]
