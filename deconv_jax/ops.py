@@ -675,10 +675,11 @@ def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = No
   ties included (an all-zero window after a ReLU sends everything to its first position).
   `max_pool_switches` returns the same switches.
 
-  Non-overlapping windows (the common case) are pooled by reshape-and-max, with that
-  derivative written as a custom JVP (select the tangent at the switch; its transpose is a
-  compare-and-select): the same values and gradient as ``lax.reduce_window``, without XLA's
-  select-and-scatter (several times faster on XLA:CPU:
+  Non-overlapping windows (the common case) are pooled as the elementwise max of the window's
+  ``ph * pw`` strided views of ``x``, with that derivative written as a custom JVP: each view's
+  tangent where that view holds the window's first maximum (compares and selects, whose transpose
+  is elementwise too). The same values and gradient as ``lax.reduce_window``, without XLA's
+  select-and-scatter (many times faster on XLA:CPU:
   ``python -m deconv_jax.benchmark --only=max_pool_grad``). Trailing rows/columns that fill
   no window are dropped, as with VALID. Overlapping windows use ``lax.reduce_window``, whose
   select-and-scatter keeps the first maximum too.
@@ -689,40 +690,41 @@ def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = No
   if h < window[0] or w < window[1]:
     raise ValueError(f"max_pool window {window} is larger than the {h}x{w} input")
   if strides == window:
-    (ph, pw) = window
-    ho, wo = h // ph, w // pw
-    return _max_pool_blocks(x[:, : ho * ph, : wo * pw], window)
+    return _max_pool_views(x, window)
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), "VALID")
 
 
-def _blocks(x: jax.Array, window: Pair) -> jax.Array:
-  """``[N, h * ph, w * pw, C] -> [N, h, ph, w, pw, C]``: each window on axes 2 and 4."""
-  n, hh, ww, c = x.shape
-  return x.reshape(n, hh // window[0], window[0], ww // window[1], window[1], c)
-
-
-def _first_max(blocks: jax.Array, window: Pair) -> jax.Array:
-  """Boolean ``[N, h, ph, w, pw, C]``: True at each window's first maximum in row-major order (its switch)."""
-  ph, pw = window
-  position = (jnp.arange(ph)[:, None, None] * pw + jnp.arange(pw)[None, :, None]).reshape(1, 1, ph, 1, pw, 1)
-  is_max = blocks == blocks.max(axis=(2, 4), keepdims=True)
-  first = jnp.where(is_max, position, ph * pw).min(axis=(2, 4), keepdims=True)
-  return position == first
+def _window_views(x: jax.Array, window: Pair) -> list[jax.Array]:
+  """The ``ph * pw`` views ``x[:, a::ph, b::pw]`` (row-major window order), each ``[N, H // ph, W // pw, C]``."""
+  (ph, pw), (n, h, w, c) = window, x.shape
+  ho, wo = h // ph, w // pw
+  return [
+    lax.slice(x, (0, a, b, 0), (n, a + ph * (ho - 1) + 1, b + pw * (wo - 1) + 1, c), (1, ph, pw, 1))
+    for a in range(ph)
+    for b in range(pw)
+  ]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _max_pool_blocks(x: jax.Array, window: Pair) -> jax.Array:
-  """Max of each non-overlapping window: ``[N, h * ph, w * pw, C] -> [N, h, w, C]``."""
-  return _blocks(x, window).max(axis=(2, 4))
+def _max_pool_views(x: jax.Array, window: Pair) -> jax.Array:
+  """Max of each non-overlapping window: ``[N, H, W, C] -> [N, H // ph, W // pw, C]``."""
+  return functools.reduce(jnp.maximum, _window_views(x, window))
 
 
-@_max_pool_blocks.defjvp
-def _max_pool_blocks_jvp(window, primals, tangents):
-  # jnp.max's own derivative splits the signal evenly among tied maxima; the switch takes one.
+@_max_pool_views.defjvp
+def _max_pool_views_jvp(window, primals, tangents):
+  # jnp.max's own derivative splits the signal evenly among tied maxima; the switch takes one: the first view
+  # (in row-major window order) that holds the maximum and follows no earlier one that does.
   (x,), (dx,) = primals, tangents
-  blocks = _blocks(x, window)
-  switch = _first_max(blocks, window)
-  return blocks.max(axis=(2, 4)), jnp.where(switch, _blocks(dx, window), 0).sum(axis=(2, 4))
+  views = _window_views(x, window)
+  pooled = functools.reduce(jnp.maximum, views)
+  tangent, taken = None, None
+  for view, dview in zip(views, _window_views(dx, window)):
+    switch = view == pooled if taken is None else (view == pooled) & ~taken
+    term = jnp.where(switch, dview, 0)
+    tangent = term if tangent is None else tangent + term
+    taken = switch if taken is None else taken | switch
+  return pooled, tangent
 
 
 def max_pool_switches(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = None) -> jax.Array:
