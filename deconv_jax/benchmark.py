@@ -1,6 +1,6 @@
 r"""Measured speed: ``python -m deconv_jax.benchmark`` prints one JSON object per line on stdout.
 
-Six benchmarks (``--only`` picks among them):
+Seven benchmarks (``--only`` picks among them):
 
 - ``train_step``: whole train steps, as `train` compiles them for one device
   (``jax.jit`` with the state donated), on synthetic ``[B, 28, 28, 1]`` data
@@ -9,7 +9,7 @@ Six benchmarks (``--only`` picks among them):
   ``--batch_sizes``, the peers' DCGAN (`peers_dcgan_config`) at batch 128 and
   ``configs/gan.py`` at its batch size. Each is timed twice, alternately: the
   fast path (what `train` runs) and the plain one (traced inside
-  ``ops.plain_xla()``: XLA's convolution everywhere, no batch chunks). The
+  ``ops.plain_xla()`` and compiled with XLA's default options: stock JAX). The
   records follow the protocol of the peers benchmark in ``../shared/bench/peers``
   (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
   ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
@@ -17,6 +17,9 @@ Six benchmarks (``--only`` picks among them):
 - ``op_profile``: where the time goes: for the same train steps and paths, the
   top XLA ops per step from a ``jax.profiler`` trace, each with what it computes
   (``dot f32[3872,64]``, ``convolution ... window ...``) and its share of the step.
+- ``conv_library``: each convolution of those steps (`CONV_LIBRARY_CASES`), forward
+  and both gradients, compiled with XLA's default options (on CPU: YNNPACK's
+  convolution) and with `ops.compiler_options` (XLA's own), alternately.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
   ``deconv3d_input_grad``: how the primitives of `ops` compare with the plain
   XLA lowering, each pair measured side by side in one run. The kernel gradient
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import glob
 import gzip
 import importlib.util
@@ -69,6 +73,7 @@ from deconv_jax.tasks import classifier
 BENCHMARKS = (
   "train_step",
   "op_profile",
+  "conv_library",
   "deconv_kernel_grad",
   "max_pool_grad",
   "deconv3d_kernel_grad",
@@ -226,7 +231,11 @@ class _TimedStep:
     self.batch_size, self.plain = batch_size, plain
     with self._context():  # a new function for each path: jit traces it inside its own context
       self.state = jax.jit(lambda r: task.create_state(config, r, info, total_steps=1000))(jax.random.key(seed))
-      self.step_fn = jax.jit(lambda s, b, r: task.train_step(s, b, r, config=config), donate_argnums=(0,))
+      self.step_fn = jax.jit(
+        lambda s, b, r: task.train_step(s, b, r, config=config),
+        donate_argnums=(0,),
+        compiler_options=ops.compiler_options(jax.default_backend()),
+      )
       self.xla_flops = _xla_flops(self.step_fn.lower(self.state, self.batch, self.rng).compile())
 
   def _context(self):
@@ -263,7 +272,7 @@ def train_step_benchmark(
 
   ``model``: ``"seedcnn"`` (the classifier of ``config``, by default `config.base()`),
   ``"gan"`` (`peers_dcgan_config`) or ``"configs/gan.py"`` (`gan_config`). ``"plain"`` is the
-  same step traced inside ``ops.plain_xla()``: XLA's convolution everywhere, no chunks.
+  same step traced inside ``ops.plain_xla()`` and compiled with XLA's default options, no chunks.
   Protocol (the peers' ``run_bench``): the first step (trace, compile, run) and the second are
   timed, 3 warm-up steps, a 3-step calibration sets ``n`` so that ``n`` steps take about
   ``target_s``; then ``repeats`` runs of ``n`` steps, blocked on the last step's state, the paths
@@ -533,13 +542,59 @@ def deconv3d_grad_benchmark(
   )
 
 
+# The convolutions of the train steps: the classifier's three (VALID, 3x3) at batch 32 and one chunk of it,
+# the DCGAN discriminator's 4x4 stride-2 pair at batch 128; (x shape, kernel shape, stride, padding).
+CONV_LIBRARY_CASES = (
+  ((32, 28, 28, 1), (3, 3, 1, 32), 1, "VALID"),
+  ((32, 13, 13, 32), (3, 3, 32, 64), 1, "VALID"),
+  ((32, 5, 5, 64), (3, 3, 64, 128), 1, "VALID"),
+  ((128, 28, 28, 1), (4, 4, 1, 64), 2, "SAME"),
+  ((128, 14, 14, 64), (4, 4, 64, 128), 2, "SAME"),
+)
+
+
+def conv_library_benchmark(
+  x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: str, *, calls: int = 20, repeats: int = 5
+) -> dict[str, Any]:
+  """One conv's forward pass and both gradients, compiled with XLA's default options and with `ops.compiler_options`.
+
+  A: XLA's defaults (on CPU, jaxlib 0.10 runs the conv with YNNPACK); B: ``ops.compiler_options`` of this
+  backend (on CPU, XLA's own Eigen kernels; elsewhere the defaults again, so ``ratio`` is about 1). Each
+  call is ``jax.value_and_grad`` of ``<ops.conv(x, k), ct>`` in ``x`` and ``k``, jitted; the two are checked
+  to give the same gradients, then timed alternately.
+  """
+  kx, kk, kc = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, tuple(x_shape), jnp.float32)
+  kernel = jax.random.normal(kk, tuple(kernel_shape), jnp.float32)
+  conv = functools.partial(ops.conv, strides=strides, padding=padding)
+  ct = jax.random.normal(kc, jax.eval_shape(conv, x, kernel).shape, jnp.float32)
+  fn = jax.value_and_grad(lambda x, k: jnp.vdot(conv(x, k), ct), argnums=(0, 1))
+  options = ops.compiler_options(jax.default_backend())
+  default, chosen = (jax.jit(fn, compiler_options=o).lower(x, kernel).compile() for o in (None, options))
+  rel = max(_check_same("conv_library", a, b) for a, b in zip(default(x, kernel)[1], chosen(x, kernel)[1]))
+  samples = _interleaved_ms([lambda: default(x, kernel), lambda: chosen(x, kernel)], repeats=repeats, calls=calls)
+  record = _pair_record(
+    "conv_library",
+    ("xla_default", "compiler_options"),
+    samples,
+    rel,
+    calls,
+    input_shape=list(x.shape),
+    kernel_shape=list(kernel.shape),
+    strides=strides,
+    padding=padding,
+  )
+  record["options"] = options
+  return record
+
+
 def max_pool_grad_benchmark(
   *, shape: tuple[int, int, int, int] = (32, 26, 26, 32), window: int = 2, calls: int = 20, repeats: int = 5
 ) -> dict[str, Any]:
   """Input gradient of a ``window`` x ``window`` / stride ``window`` VALID max-pool of a ``shape`` (NHWC) map.
 
   A: ``lax.reduce_window(x, -inf, lax.max, ...)`` (select-and-scatter gradient);
-  B: `ops.max_pool` (reshape-and-max, one switch per window). The gradient is that of ``<pool(x), ct>`` in
+  B: `ops.max_pool` (the max of strided views, one switch per window). The gradient is that of ``<pool(x), ct>`` in
   ``x``, all jitted. Also timed in the same rotation: reshape-and-max with ``jnp.max``'s own gradient, which
   splits the signal among tied maxima (``reshape_max_even_split_ms``; ``ratio_vs_even_split`` is its median
   over B's). ``x`` is normal noise, without ties, so all three compute the same gradient and are checked to.
@@ -621,6 +676,9 @@ def run_benchmarks(
       for path in paths:
         for record in op_profile_benchmark(model, batch_size, path=path, config=config):
           add(record)
+  if "conv_library" in only:
+    for case in CONV_LIBRARY_CASES:
+      add(conv_library_benchmark(*case, repeats=repeats))
   if "deconv_kernel_grad" in only:
     add(deconv_kernel_grad_benchmark(calls=steps, repeats=repeats))
   if "max_pool_grad" in only:

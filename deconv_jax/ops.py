@@ -36,12 +36,11 @@ swapped, ``d/dk <deconv(y, k), g> == d/dk <conv(g, k), y>`` (`conv_kernel_grad`)
 strided correlation, where differentiating the input-dilated convolution directly gives XLA
 a dilated one that it runs many times slower.
 
-How a conv is computed is chosen by backend, never what it computes. On CPU a stride-1,
-ungrouped 2-D conv with small patches (the classifier's) is patches times a matrix
-(`conv_as_matmul`), which XLA:CPU's dot runs faster than its own convolution; its kernel
-gradient is the patches' transpose times the cotangent, its input gradient XLA's transposed
-conv. Every other conv, and every conv on GPU and TPU, is XLA's. Inside ``with plain_xla():``
-all of them are XLA's (the reference the fast path is tested and timed against).
+How a step is compiled is chosen by backend, never what it computes. Every conv is XLA's; on CPU
+the steps are compiled with `compiler_options`, which give the convolutions to XLA's own kernels
+rather than YNNPACK's (faster on these networks), and the train steps take a large batch's gradient
+in chunks (`tasks.optim.mean_and_grad`). Inside ``with plain_xla():`` a step is traced and
+compiled as stock JAX would (the reference the fast path is tested and timed against).
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -267,10 +265,12 @@ _PLAIN_XLA = contextvars.ContextVar("deconv_jax_plain_xla", default=False)
 
 @contextlib.contextmanager
 def plain_xla():
-  """Functions traced inside use XLA's own convolution for every conv, on every backend (no fast paths).
+  """No fast paths inside: steps are traced and compiled as stock JAX would, on every backend.
 
-  It acts when a function is traced: a jitted function keeps the choice it was compiled with, and
-  ``jax.jit``'s cache does not see the context, so jit a new function (a new lambda) inside it.
+  `fast_paths` is False (the tasks' train steps keep their plain formulation: whole batches) and
+  `compiler_options` is None (XLA's defaults). It acts when a function is traced: a jitted function
+  keeps the choice it was compiled with, and ``jax.jit``'s cache does not see the context, so jit a
+  new function (a new lambda) inside it.
   """
   token = _PLAIN_XLA.set(True)
   try:
@@ -284,26 +284,37 @@ def fast_paths() -> bool:
   return not _PLAIN_XLA.get()
 
 
-def conv_as_matmul(x: jax.Array, kernel: jax.Array, padding: ExplicitPadding, dilation: Sequence[int]) -> jax.Array:
-  """A stride-1, ungrouped conv as patches times a matrix (im2col), over 1 to 3 spatial axes.
+# XLA:CPU hands each convolution, dot and reduction to a library: in jaxlib 0.10 YNNPACK takes all three
+# (fusion types INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT, REDUCE), else XLA's own Eigen kernels run them. On the
+# classifier's and the DCGAN's convolutions YNNPACK ran the forward pass and both gradients 1.15 to 1.3x
+# slower than Eigen (`python -m deconv_jax.benchmark --only=conv_library`; the forward pass alone up to 2x),
+# so the fast path keeps YNNPACK for dots and reductions and gives convolutions back to XLA.
+_CPU_COMPILER_OPTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
-  Stacks the ``prod(kernel_size)`` shifted views of the padded input on the channel axis,
-  ``[N, *spatial_out, prod(kernel_size) * Cin]``, and multiplies by the kernel reshaped to
-  ``[prod(kernel_size) * Cin, Cout]``: the same sums as `conv`, in another order.
+
+def compiler_options(platform: str) -> dict[str, str] | None:
+  """XLA compile options for a step compiled for ``platform`` (``"cpu"``, ``"gpu"``, ``"tpu"``), for ``jax.jit``.
+
+  On CPU, convolutions run XLA's own kernels instead of YNNPACK's; elsewhere, inside `plain_xla`, and with
+  a jaxlib that does not know the option, None (XLA's defaults). Read when called: call it where the
+  ``jax.jit`` is made, inside `plain_xla` for the plain program.
   """
-  n = kernel.ndim - 2
-  x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
-  out = [size - d * (k - 1) for size, k, d in zip(x.shape[1:-1], kernel.shape[:n], dilation)]
-  views = [
-    lax.slice(
-      x,
-      (0, *(t * d for t, d in zip(tap, dilation)), 0),
-      (x.shape[0], *(t * d + o for t, d, o in zip(tap, dilation, out)), x.shape[-1]),
-    )
-    for tap in itertools.product(*(range(k) for k in kernel.shape[:n]))
-  ]
-  patches = jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
-  return lax.dot_general(patches, kernel.reshape(-1, kernel.shape[-1]), (((n + 1,), (0,)), ((), ())))
+  if platform != "cpu" or _PLAIN_XLA.get() or not _cpu_options_accepted():
+    return None
+  return dict(_CPU_COMPILER_OPTIONS)
+
+
+@functools.cache
+def _cpu_options_accepted() -> bool:
+  """Whether this jaxlib's XLA:CPU takes `_CPU_COMPILER_OPTIONS` (an unknown option fails the compile)."""
+  try:
+    x = jax.device_put(jnp.zeros(()), jax.devices("cpu")[0])
+    jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(x).compile()
+  except Exception:  # any failure means: compile with XLA's defaults
+    return False
+  return True
 
 
 def conv(
@@ -334,57 +345,15 @@ def conv(
   strides, dilation = as_tuple(strides, n, "strides"), as_tuple(dilation, n, "dilation")
   pads = explicit_padding(padding, x.shape[1:-1], kernel.shape[:n], strides, dilation)
   conv_output_shape(x.shape[1:-1], kernel.shape[:n], strides=strides, padding=pads, dilation=dilation)
-  xla_conv = functools.partial(
-    lax.conv_general_dilated,
+  return lax.conv_general_dilated(
+    x,
+    kernel,
     window_strides=strides,
     padding=pads,
     rhs_dilation=dilation,
     dimension_numbers=_DIMENSION_NUMBERS[n],
     feature_group_count=groups,
   )
-  if _PLAIN_XLA.get() or not _patches_pay(x.shape, kernel.shape, strides, groups) or x.dtype != kernel.dtype:
-    return xla_conv(x, kernel)
-  # Chosen when the function is lowered, for the platform it is compiled for.
-  return lax.platform_dependent(
-    x, kernel, cpu=lambda x, k: _conv_by_patches(x, k, pads, dilation), default=lambda x, k: xla_conv(x, k)
-  )
-
-
-# Patches times a matrix beat XLA:CPU's convolution (forward and both gradients) on the classifier's maps
-# (batch 32: patches up to 1.1M floats, 32 to 128 output channels), and lost 2-4x on larger patches (a
-# GAN's 28x28 maps at batch 64: 7M floats) and on 1 output channel (a matrix-vector product).
-_MAX_PATCH_ELEMENTS = 1 << 21
-_MIN_OUT_CHANNELS = 16
-
-
-def _patches_pay(x_shape: Sequence[int], kernel_shape: Sequence[int], strides: Sequence[int], groups: int) -> bool:
-  """Whether `conv` takes patches times a matrix on CPU: a 2-D, stride-1, ungrouped conv with small patches."""
-  if len(kernel_shape) != 4 or groups != 1 or tuple(strides) != (1, 1) or kernel_shape[-1] < _MIN_OUT_CHANNELS:
-    return False
-  return math.prod(x_shape[:-1]) * math.prod(kernel_shape[:-1]) <= _MAX_PATCH_ELEMENTS
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _conv_by_patches(x: jax.Array, kernel: jax.Array, padding: ExplicitPadding, dilation: tuple[int, ...]) -> jax.Array:
-  """`conv_as_matmul`; its input gradient is XLA's transposed convolution (faster than the patches' transpose)."""
-  return conv_as_matmul(x, kernel, padding, dilation)
-
-
-@_conv_by_patches.defjvp
-def _conv_by_patches_jvp(padding, dilation, primals, tangents):
-  # Bilinear: the tangent's x term is XLA's conv, so reverse mode (its transpose) runs XLA's transposed conv;
-  # the kernel term is patches times a matrix, whose transpose is the patches' transpose times the cotangent.
-  (x, kernel), (dx, dkernel) = primals, tangents
-  n = kernel.ndim - 2
-  xla_conv = functools.partial(
-    lax.conv_general_dilated,
-    window_strides=(1,) * n,
-    padding=padding,
-    rhs_dilation=dilation,
-    dimension_numbers=_DIMENSION_NUMBERS[n],
-  )
-  out = conv_as_matmul(x, kernel, padding, dilation)
-  return out, xla_conv(dx, kernel) + conv_as_matmul(x, dkernel, padding, dilation)
 
 
 def conv_kernel_grad(

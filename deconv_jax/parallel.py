@@ -28,6 +28,8 @@ from jax import lax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from deconv_jax import ops
+
 AXIS = "batch"
 KINDS = ("shard_map", "pmap")
 
@@ -129,7 +131,11 @@ class DataParallel:
     # a replicated parameter would come back psum-ed already, and the step's pmean would not undo it.
     in_specs = (P(), P(AXIS), *[P()] * (num_args - 2))
     mapped = jax.shard_map(step, mesh=self.mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
-    return jax.jit(mapped, donate_argnums=donate)
+    return jax.jit(mapped, donate_argnums=donate, compiler_options=self._compiler_options())
+
+  def _compiler_options(self) -> dict[str, str] | None:
+    """`ops.compiler_options` for the mesh's platform (``jax.pmap`` takes none: it compiles with XLA's defaults)."""
+    return ops.compiler_options(self.mesh.devices.flat[0].platform)
 
   def train_step(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
     """``fn(state, batch, rng, *, axis_name) -> (state, metrics)``, compiled; the state is donated.
@@ -163,5 +169,5 @@ class DataParallel:
     if self.kind == "pmap":
       compiled = jax.jit(fn)
       return lambda state: compiled(self.get_state(state))
-    compiled = jax.jit(fn, out_shardings=self._replicated)
+    compiled = jax.jit(fn, out_shardings=self._replicated, compiler_options=self._compiler_options())
     return lambda state: self._local(compiled(state))

@@ -7,9 +7,10 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from deconv_jax import benchmark
+from deconv_jax import benchmark, ops
 
 PLATFORM_KEYS = {"backend", "devices"}
 PEERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "bench", "peers")
@@ -73,6 +74,17 @@ def test_deconv_kernel_grad_benchmark_record():
   assert record["kernel_shape"] == [4, 4, 2, 4]
   assert_positive_finite(record, ["lax_conv_transpose_ms", "ops_deconv2d_ms", "ratio", "devices"])
   assert record["ratio"] == pytest.approx(record["lax_conv_transpose_ms"] / record["ops_deconv2d_ms"])
+  assert record["max_rel_diff"] <= 1e-4
+  assert record.keys() >= PLATFORM_KEYS
+
+
+def test_conv_library_benchmark_record():
+  record = benchmark.conv_library_benchmark((2, 6, 6, 3), (3, 3, 3, 4), 2, "SAME", calls=2, repeats=1)
+  assert record["benchmark"] == "conv_library"
+  assert record["input_shape"] == [2, 6, 6, 3] and record["kernel_shape"] == [3, 3, 3, 4]
+  assert_positive_finite(record, ["xla_default_ms", "compiler_options_ms", "ratio"])
+  assert record["ratio"] == pytest.approx(record["xla_default_ms"] / record["compiler_options_ms"])
+  assert record["options"] == ops.compiler_options(jax.default_backend())
   assert record["max_rel_diff"] <= 1e-4
   assert record.keys() >= PLATFORM_KEYS
 
