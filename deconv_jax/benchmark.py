@@ -66,7 +66,7 @@ from absl import flags
 from jax import lax
 from ml_collections import config_flags
 
-from deconv_jax import cli, ops, tasks
+from deconv_jax import cli, hostmem, ops, tasks
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import classifier
 
@@ -737,6 +737,7 @@ def main(argv: list[str]) -> None:
     cli.die(f"unexpected arguments {argv[1:]}: use --only, --batch_sizes, --steps, --repeats, --config.KEY=VALUE")
   FLAGS = flags.FLAGS
   config_lib.validate(FLAGS.config)
+  hostmem.reuse_freed_memory()  # as train does: both paths of a step run in a process set up like train's
   if "train_step" in FLAGS.only:
     info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
     tasks.check_model_fits(classifier, FLAGS.config, info)  # As train does, before any work.

@@ -25,7 +25,7 @@ from absl import flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks
+from deconv_jax import checkpoint, cli, data, eval_loop, hostmem, parallel, tasks
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import MetricWriter
@@ -68,6 +68,7 @@ def _train_and_evaluate(
 ) -> dict[str, float]:
   # ---------------------------------------------------------------- config & workdir
   config_lib.validate(config)
+  hostmem.reuse_freed_memory()  # each step's buffers stay mapped (no page faults per step); the math is the same
   task = tasks.get(config.task)
   try:
     parallel.check_batch_size(config.batch_size, "batch_size")
