@@ -286,7 +286,7 @@ def fast_paths() -> bool:
 
 # XLA:CPU hands each convolution, dot and reduction to a library: in jaxlib 0.10 YNNPACK takes all three
 # (fusion types INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT, REDUCE), else XLA's own Eigen kernels run them. On the
-# classifier's and the DCGAN's convolutions YNNPACK ran the forward pass and both gradients 1.15 to 1.3x
+# classifier's and the DCGAN's convolutions YNNPACK ran the forward pass and both gradients 1.07 to 1.39x
 # slower than Eigen (`python -m deconv_jax.benchmark --only=conv_library`; the forward pass alone up to 2x),
 # so the fast path keeps YNNPACK for dots and reductions and gives convolutions back to XLA.
 _CPU_COMPILER_OPTIONS = {
