@@ -9,7 +9,8 @@ Seven benchmarks (``--only`` picks among them):
   ``--batch_sizes``, the peers' DCGAN (`peers_dcgan_config`) at batch 128 and
   ``configs/gan.py`` at its batch size. Each is timed twice, alternately: the
   fast path (what `train` runs) and the plain one (traced inside
-  ``ops.plain_xla()`` and compiled with XLA's default options: stock JAX). The
+  ``ops.plain_xla()`` and compiled with XLA's default options: the program stock
+  JAX compiles; both run in one process, which sets `hostmem` as `train` does). The
   records follow the protocol of the peers benchmark in ``../shared/bench/peers``
   (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
   ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
