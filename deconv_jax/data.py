@@ -336,9 +336,27 @@ def _not_prepared(cfg: Any) -> DataError:
   )
 
 
-def _tfds_builder(cfg: Any) -> Any:
-  import tensorflow_datasets as tfds  # Lazy: only the 'tfds' source pays for the import.
+def import_tfds() -> Any:
+  """``tensorflow_datasets``, imported on first use (only the 'tfds' source pays for it), or a one-line
+  `DataError` saying why it cannot be imported here."""
+  try:
+    # tfds imports its protos lazily and, when they fail, prints a traceback and goes on without `builder`;
+    # importing them first fails cleanly. They fail where protobuf is older than the code tensorflow-metadata
+    # was generated with, as in Colab's published CPU and GPU runtimes (constraints-colab.txt).
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets import core  # noqa: F401
+    from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: F401
+  except Exception as e:
+    message = " ".join(str(e).split()).split(". ")[0]
+    raise DataError(
+      f"config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here ({type(e).__name__}: "
+      f"{message}); for a protobuf version error: pip install -U protobuf"
+    ) from None
+  return tfds
 
+
+def _tfds_builder(cfg: Any) -> Any:
+  tfds = import_tfds()
   try:
     return tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
   except tfds.core.registered.DatasetNotFoundError:
@@ -368,7 +386,7 @@ def _tfds_source(cfg: Any, split: str) -> TfdsSource:
   TFDS 4.9.10 keeps GCS disabled (``gcs_utils._is_gcs_disabled = True``) and ``try_gcs=False`` is passed,
   so nothing here touches the network: a missing dataset fails in well under a second.
   """
-  import tensorflow_datasets as tfds
+  tfds = import_tfds()
 
   try:
     ds = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir or None, download=False, try_gcs=False)

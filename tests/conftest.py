@@ -92,6 +92,22 @@ def steps_over_processes(tmp_path, task: str, steps: int) -> tuple[dict, dict]:
 
 
 @pytest.fixture
+def tfds():
+  """``tensorflow_datasets``; skips where it cannot be imported, with `data.import_tfds`'s reason.
+
+  The one place this happens is Colab's published CPU and GPU runtimes (constraints-colab.txt): their
+  protobuf 5.29.6 is older than the code their tensorflow-metadata 1.21.0 was generated with (6.31.1).
+  `tests/test_data.py` checks that the data layer then says so in one line.
+  """
+  from deconv_jax import data
+
+  try:
+    return data.import_tfds()
+  except data.DataError as e:
+    pytest.skip(str(e))
+
+
+@pytest.fixture
 def cli():
   """`run_module`: ``cli("deconv_jax.train", "--workdir", d, devices=8)``."""
   return run_module

@@ -5,7 +5,6 @@ import importlib.util
 import os
 
 import pytest
-import tensorflow_datasets as tfds
 from conftest import REPO
 
 from deconv_jax import config as config_lib
@@ -42,7 +41,7 @@ def test_mnist_classifier_has_the_original_settings():
 
 
 @pytest.mark.parametrize("name,shape", [("mnist_classifier", (28, 28, 1)), ("cifar10_classifier", (32, 32, 3))])
-def test_tfds_config_trains_under_mock_data(tmp_path, name, shape):
+def test_tfds_config_trains_under_mock_data(tmp_path, tfds, name, shape):
   """The flax-examples check: one real config, a few real steps, on mocked TFDS records."""
   c = load(os.path.join(REPO, "configs", f"{name}.py")).get_config()
   c.num_train_steps = 3

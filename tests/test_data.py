@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import gzip
 import hashlib
 import math
@@ -166,8 +167,7 @@ def test_idx_reads_the_shared_mnist_test_set():
 
 
 @pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
-def test_tfds_source_under_mock(name, shape):
-  tfds = pytest.importorskip("tensorflow_datasets")
+def test_tfds_source_under_mock(tfds, name, shape):
   cfg = dataset_cfg(source="tfds", name=name)
   with tfds.testing.mock_data(num_examples=6):
     info = data.get_info(cfg, "train")
@@ -184,8 +184,7 @@ def test_tfds_source_under_mock(name, shape):
     assert [b["mask"].sum() for b in batches] == [4, 2]
 
 
-def test_tfds_not_prepared_fails_fast_with_instructions(tmp_path):
-  pytest.importorskip("tensorflow_datasets")
+def test_tfds_not_prepared_fails_fast_with_instructions(tmp_path, tfds):
   cfg = dataset_cfg(source="tfds", name="mnist", data_dir=str(tmp_path))
   for fn in (data.get_source, data.get_info):
     start = time.perf_counter()
@@ -196,10 +195,32 @@ def test_tfds_not_prepared_fails_fast_with_instructions(tmp_path):
   assert list(tmp_path.iterdir()) == []  # Nothing was downloaded or created.
 
 
-def test_tfds_unknown_name():
-  pytest.importorskip("tensorflow_datasets")
+def test_tfds_unknown_name(tfds):
   with pytest.raises(data.DataError, match=r"dataset\.name='no_such_set' is not a dataset known"):
     data.get_info(dataset_cfg(source="tfds", name="no_such_set"), "train")
+
+
+def test_tfds_that_cannot_be_imported_is_a_one_line_error(monkeypatch):
+  # What Colab's published CPU and GPU runtimes do (protobuf 5.29.6, tensorflow-metadata 1.21.0), simulated.
+  real_import = builtins.__import__
+  version_error = (
+    "Detected incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: "
+    "gencode 6.31.1 runtime 5.29.6. Runtime version cannot be older than the linked gencode version."
+  )
+
+  def protobuf_too_old(name, *args, **kwargs):
+    if name.startswith("tensorflow_metadata"):
+      raise RuntimeError(version_error)
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, "__import__", protobuf_too_old)
+  with pytest.raises(data.DataError) as e:
+    data.get_info(dataset_cfg(source="tfds", name="mnist"), "train")
+  assert str(e.value) == (
+    "config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here (RuntimeError: Detected "
+    "incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: gencode "
+    "6.31.1 runtime 5.29.6); for a protobuf version error: pip install -U protobuf"
+  )
 
 
 # ------------------------------------------------------------------ train loader

@@ -62,13 +62,11 @@ def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
 
 
-def test_evaluating_on_images_of_another_shape_is_refused(trained):
+def test_evaluating_on_images_of_another_shape_is_refused(trained, tfds):
   workdir, _ = trained
   c = config_lib.load_json(f"{workdir}/config.json")
   c.dataset.source = "tfds"
   c.dataset.name = "cifar10"
   c.dataset.eval_split = "test"
-  import tensorflow_datasets as tfds
-
   with tfds.testing.mock_data(num_examples=4), pytest.raises(config_lib.ConfigError, match=r"\(32, 32, 3\)"):
     eval_loop.evaluate_workdir(c, workdir)

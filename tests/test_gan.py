@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from conftest import REPO, steps_over_processes
 
 from deconv_jax import config as config_lib
@@ -175,7 +174,7 @@ def test_gan_config_errors_are_one_line(cli, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(message), (args, result.stderr)
 
 
-def test_tfds_gan_config_trains_under_mock_data(tmp_path):
+def test_tfds_gan_config_trains_under_mock_data(tmp_path, tfds):
   spec = importlib.util.spec_from_file_location("gan_tfds", os.path.join(REPO, "configs", "gan_tfds.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from conftest import REPO
 
 from deconv_jax import checkpoint, data, eval_loop, tasks, train
@@ -250,7 +249,7 @@ def test_the_inversion_trains_end_to_end_and_its_checkpoint_evaluates(tmp_path, 
 
 
 @pytest.mark.parametrize("name", ["autoencoder_tfds", "inversion_tfds"])
-def test_tfds_config_trains_under_mock_data(tmp_path, classifier_run, name):
+def test_tfds_config_trains_under_mock_data(tmp_path, tfds, classifier_run, name):
   c = _load_config(name)
   c.num_train_steps = 3
   c.batch_size = 8

@@ -231,7 +231,6 @@ def _tree_digest(path):
     ({"batch_size": 0}, "config.batch_size=0 is not allowed"),
     ({"dataset.source": "idx"}, "config.dataset.data_dir"),
     ({"dataset.train_split": "nope"}, "config.dataset.train_split='nope'"),
-    ({"dataset.source": "tfds", "dataset.name": "cifar10", "dataset.data_dir": "/nonexistent"}, "not prepared"),
     ({"optimizer.name": "lion"}, "config.optimizer.name='lion'"),
   ],
 )
@@ -242,6 +241,11 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, overrides, message):
   assert message in str(info.value)
   assert "\n" not in str(info.value)
   assert not (workdir / "checkpoints").exists()
+
+
+def test_unprepared_tfds_dataset_is_rejected_before_any_work(tmp_path, tfds):
+  overrides = {"dataset.source": "tfds", "dataset.name": "cifar10", "dataset.data_dir": "/nonexistent"}
+  test_bad_config_is_rejected_before_any_work(tmp_path, overrides, "not prepared")
 
 
 def test_unknown_key_in_a_config_file_is_rejected(tmp_path):
