@@ -170,14 +170,15 @@ def test_8_devices_give_the_1_device_parameters_and_so_does_pmap(tmp_path, cli):
 
 
 def test_quickstart_on_1_and_2_devices_agrees_for_25_steps(tmp_path, cli):
-  # The README's "Devices and hosts": 25 steps of configs/quickstart.py agree to 1e-6 (measured 3e-8); by
-  # step 100 training has amplified the reduction-order rounding to 1.5e-2 in some weights.
+  # The README's "Devices and hosts": 25 steps of configs/quickstart.py agree to 1e-6, or 1e-5 of a weight, on
+  # every jax CI tests (the order of float32 sums, so the rounding, differs between XLA versions); by step 100
+  # training has amplified the reduction-order rounding to 1.5e-2 in some weights.
   args = ["--config.num_train_steps=25", "--config.log_every_steps=25", "--config.eval_every_steps=25"]
   for devices in (1, 2):
     cli("deconv_jax.train", *args, f"--workdir={tmp_path / str(devices)}", devices=devices, check=True)
   (s1, p1), (s2, p2) = final_params(str(tmp_path / "1")), final_params(str(tmp_path / "2"))
   assert s1 == s2 == 25
-  assert_trees_close(p1, p2, rtol=0, atol=1e-6)
+  assert_trees_close(p1, p2, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_that_does_not_divide_over_devices_fails_clearly(tmp_path, cli):
