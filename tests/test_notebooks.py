@@ -55,6 +55,9 @@ def test_badge_and_install_cell_use_the_repository_url(name):
   assert f"(https://colab.research.google.com/github/{slug}/blob/main/colab/{name})" in title
   assert f'REPO_URL = "{url}"' in setup and '"google.colab" in sys.modules' in setup
   assert len(QUICK_LINE.findall(setup)) == 1
+  # Installed by colab/install.py, which keeps Colab's jax, jaxlib and accelerator plugin; never by a bare pip.
+  assert 'install_keeping_jax("deconv_jax_repo")' in setup
+  assert "pip install" not in setup
   assert "jax_platforms" not in "".join(c.source for c in nb.cells).lower(), "no forcing the CPU: Colab has GPUs"
 
 
