@@ -15,9 +15,10 @@ def test_ruff(command):
   assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_commands():
+  """One command per environment in the README's "Tests" block, each run by `.ci/run` exactly as written."""
   with open(os.path.join(REPO, "README.md")) as f:
-    command = re.search(r"## Tests\n\n```bash\n(.+?)\n```", f.read()).group(1)
+    commands = re.search(r"## Tests\n\n```bash\n(.+?)\n```", f.read(), re.S).group(1).splitlines()
   with open(os.path.join(REPO, ".ci", "run")) as f:
-    lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-  assert lines[-1] == command
+    ci = re.findall(r"# The README's test command for this environment, exactly:\n\s*(.+)\n", f.read())
+  assert ci == commands and len(commands) == 2
