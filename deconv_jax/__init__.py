@@ -1,12 +1,12 @@
 """deconv_jax: a transposed convolution is the adjoint of a convolution, and in JAX the adjoint is ``jax.vjp``."""
 
-import logging
+from absl import logging
 
 __version__ = "0.1.0"
 
 # grain, imported beside a jaxlib older than 0.11 (Colab's runtime has 0.7.2), logs that its multiprocess worker
 # profiling needs a newer jaxlib. Nothing here profiles grain workers, and the line would come before every
-# command's output, one-line errors included.
-logging.getLogger("absl").addFilter(
-  lambda record: not str(record.msg).startswith("Grain multiprocess worker profiling")
-)
+# command's output, one-line errors included. (absl's own logger: a logging.getLogger("absl") made before absl
+# is imported would take its place, and absl's records would lose the caller's path that other filters read.)
+_GRAIN_PROFILING_WARNING = "Grain multiprocess worker profiling"
+logging.get_absl_logger().addFilter(lambda record: not str(record.msg).startswith(_GRAIN_PROFILING_WARNING))
