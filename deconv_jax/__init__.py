@@ -1,4 +1,11 @@
-"""deconv_jax: a transposed convolution is the adjoint of a convolution, and in JAX the adjoint is ``jax.vjp``."""
+"""deconv_jax: a transposed convolution is the adjoint of a convolution, and in JAX the adjoint is ``jax.vjp``.
+
+Array names and docstrings carry their shapes, channels last (``images_NHWC``, ``logits_NK``, kernels HWIO):
+
+  N  examples: a batch, or any set of images          H, W  height and width (D: depth, in 3-D)
+  C  channels (Cin, Cout of a conv)                     K     classes
+  F  features per example (a layer, flattened)          Z     latent dimensions of a generator
+"""
 
 from absl import logging
 

@@ -41,7 +41,7 @@ def random_affine(
 
 
 def augment_batch(key: jax.Array, images: jax.Array, offset: jax.Array | int = 0, **kwargs) -> jax.Array:
-  """`random_affine` over ``[B, H, W, C]``; image ``i`` uses ``fold_in(key, offset + i)``.
+  """`random_affine` over ``[N, H, W, C]``; image ``i`` uses ``fold_in(key, offset + i)``.
 
   Keys depend on each example's index in the *global* batch (``offset`` is the
   index of this shard's first example), so splitting a batch across devices

@@ -9,8 +9,8 @@ Seven benchmarks (``--only`` picks among them):
   ``--batch_sizes``, the peers' DCGAN (`peers_dcgan_config`) at batch 128 and
   ``configs/gan.py`` at its batch size. Each is timed twice, alternately: the
   fast path (what `train` runs) and the plain one (traced inside
-  ``ops.plain_xla()`` and compiled with XLA's default options: the program stock
-  JAX compiles; both run in one process, which sets `hostmem` as `train` does). The
+  ``xla_cpu.plain_xla()`` and compiled with XLA's default options: the program stock
+  JAX compiles; both run in one process, which sets `xla_cpu` as `train` does). The
   records follow the protocol of the peers benchmark in ``../shared/bench/peers``
   (``kind``, ``framework`` = ``project``, ``mode`` = the path, ``model``,
   ``batch``, ``ips_median``, ``ips_min``, ``ips_max``, ``first_step_s``,
@@ -20,7 +20,7 @@ Seven benchmarks (``--only`` picks among them):
   (``dot f32[3872,64]``, ``convolution ... window ...``) and its share of the step.
 - ``conv_library``: each convolution of those steps (`CONV_LIBRARY_CASES`), forward
   and both gradients, compiled with XLA's default options (on CPU: YNNPACK's
-  convolution) and with `ops.compiler_options` (XLA's own), alternately.
+  convolution) and with `xla_cpu.compiler_options` (XLA's own), alternately.
 - ``deconv_kernel_grad``, ``max_pool_grad``, ``deconv3d_kernel_grad`` and
   ``deconv3d_input_grad``: how the primitives of `ops` compare with the plain
   XLA lowering, each pair measured side by side in one run. The kernel gradient
@@ -67,7 +67,7 @@ from absl import flags
 from jax import lax
 from ml_collections import config_flags
 
-from deconv_jax import cli, hostmem, ops, tasks
+from deconv_jax import cli, ops, tasks, xla_cpu
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import classifier
 
@@ -235,12 +235,12 @@ class _TimedStep:
       self.step_fn = jax.jit(
         lambda s, b, r: task.train_step(s, b, r, config=config),
         donate_argnums=(0,),
-        compiler_options=ops.compiler_options(jax.default_backend()),
+        compiler_options=xla_cpu.compiler_options(jax.default_backend()),
       )
       self.xla_flops = _xla_flops(self.step_fn.lower(self.state, self.batch, self.rng).compile())
 
   def _context(self):
-    return ops.plain_xla() if self.plain else contextlib.nullcontext()
+    return xla_cpu.plain_xla() if self.plain else contextlib.nullcontext()
 
   def step(self) -> Any:
     with self._context():
@@ -273,7 +273,7 @@ def train_step_benchmark(
 
   ``model``: ``"seedcnn"`` (the classifier of ``config``, by default `config.base()`),
   ``"gan"`` (`peers_dcgan_config`) or ``"configs/gan.py"`` (`gan_config`). ``"plain"`` is the
-  same step traced inside ``ops.plain_xla()`` and compiled with XLA's default options, no chunks.
+  same step traced inside ``xla_cpu.plain_xla()`` and compiled with XLA's default options, no chunks.
   Protocol (the peers' ``run_bench``): the first step (trace, compile, run) and the second are
   timed, 3 warm-up steps, a 3-step calibration sets ``n`` so that ``n`` steps take about
   ``target_s``; then ``repeats`` runs of ``n`` steps, blocked on the last step's state, the paths
@@ -446,7 +446,7 @@ def _is_default_cnn(config: ml_collections.ConfigDict) -> bool:
 
 
 # ----------------------------------------------------------------------------
-# The design claims: lax/flax primitives against the ops.py paths.
+# The design claims: lax/flax primitives against the paths of `ops`.
 # ----------------------------------------------------------------------------
 
 
@@ -557,9 +557,9 @@ CONV_LIBRARY_CASES = (
 def conv_library_benchmark(
   x_shape: Sequence[int], kernel_shape: Sequence[int], strides: int, padding: str, *, calls: int = 20, repeats: int = 5
 ) -> dict[str, Any]:
-  """One conv's forward pass and both gradients, compiled with XLA's default options and with `ops.compiler_options`.
+  """One conv's forward pass and both gradients, compiled with XLA's defaults and with `xla_cpu.compiler_options`.
 
-  A: XLA's defaults (on CPU, jaxlib 0.10 runs the conv with YNNPACK); B: ``ops.compiler_options`` of this
+  A: XLA's defaults (on CPU, jaxlib 0.10 runs the conv with YNNPACK); B: ``xla_cpu.compiler_options`` of this
   backend (on CPU, XLA's own Eigen kernels; elsewhere the defaults again, so ``ratio`` is about 1). Each
   call is ``jax.value_and_grad`` of ``<ops.conv(x, k), ct>`` in ``x`` and ``k``, jitted; the two are checked
   to give the same gradients, then timed alternately.
@@ -570,7 +570,7 @@ def conv_library_benchmark(
   conv = functools.partial(ops.conv, strides=strides, padding=padding)
   ct = jax.random.normal(kc, jax.eval_shape(conv, x, kernel).shape, jnp.float32)
   fn = jax.value_and_grad(lambda x, k: jnp.vdot(conv(x, k), ct), argnums=(0, 1))
-  options = ops.compiler_options(jax.default_backend())
+  options = xla_cpu.compiler_options(jax.default_backend())
   default, chosen = (jax.jit(fn, compiler_options=o).lower(x, kernel).compile() for o in (None, options))
   rel = max(_check_same("conv_library", a, b) for a, b in zip(default(x, kernel)[1], chosen(x, kernel)[1]))
   samples = _interleaved_ms([lambda: default(x, kernel), lambda: chosen(x, kernel)], repeats=repeats, calls=calls)
@@ -702,7 +702,7 @@ def _positive_ints(values: Sequence[str]) -> bool:
 def define_flags() -> None:
   flags.DEFINE_list("batch_sizes", ["32", "256"], "Batch sizes of the classifier's train step.")
   flags.DEFINE_list("train_models", list(TRAIN_MODELS), f"Train steps to time, of {', '.join(TRAIN_MODELS)}.")
-  flags.DEFINE_list("paths", list(PATHS), "Paths of each train step to time or profile: fast, plain (ops.plain_xla).")
+  flags.DEFINE_list("paths", list(PATHS), "Paths of each train step to time or profile: fast, plain (plain_xla).")
   flags.DEFINE_float(
     "target_s", 3.0, "Seconds per timed run of a train step (the peers' --target-s).", lower_bound=0.01
   )
@@ -738,7 +738,7 @@ def main(argv: list[str]) -> None:
     cli.die(f"unexpected arguments {argv[1:]}: use --only, --batch_sizes, --steps, --repeats, --config.KEY=VALUE")
   FLAGS = flags.FLAGS
   config_lib.validate(FLAGS.config)
-  hostmem.reuse_freed_memory()  # as train does: both paths of a step run in a process set up like train's
+  xla_cpu.reuse_freed_memory()  # as train does: both paths of a step run in a process set up like train's
   if "train_step" in FLAGS.only:
     info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
     tasks.check_model_fits(classifier, FLAGS.config, info)  # As train does, before any work.

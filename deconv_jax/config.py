@@ -20,12 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from deconv_jax import data, models, parallel
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
-PADDINGS = ("SAME", "VALID")
-RESIZE_METHODS = ("nearest", "bilinear")
+from deconv_jax import data, models, optimizers, parallel
 
 # Keys that may differ between a run and its resume without invalidating the
 # checkpoint (they change how long or how loudly it runs, not what it trains).
@@ -207,20 +202,26 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check_type(key, values[key], default)
 
   v = values
-  sources, activations = data.SOURCES, tuple(models.ACTIVATIONS)
-  upsamples, output_activations = models.UPSAMPLE_METHODS, tuple(models.OUTPUT_ACTIVATIONS)
-  _require(v["parallel"] in parallel.KINDS, "parallel", v["parallel"], f"one of {parallel.KINDS}")
-  _require(v["dataset.source"] in sources, "dataset.source", v["dataset.source"], f"one of {sources}")
-  _require(v["model.padding"] in PADDINGS, "model.padding", v["model.padding"], f"one of {PADDINGS}")
-  _require(v["model.activation"] in activations, "model.activation", v["model.activation"], f"one of {activations}")
+  # The values a key allows come from the module that owns them: a new one is one edit, there.
+  owners = {
+    "parallel": parallel.KINDS,
+    "dataset.source": data.SOURCES,
+    "model.padding": models.PADDINGS,
+    "model.activation": models.ACTIVATIONS,
+    "optimizer.name": optimizers.OPTIMIZERS,
+    "optimizer.schedule": optimizers.SCHEDULES,
+    "generator.upsample": models.UPSAMPLERS,
+    "generator.resize_method": models.RESIZE_METHODS,
+    "generator.output_activation": models.OUTPUT_ACTIVATIONS,
+  }
+  for key, allowed in owners.items():
+    _require(v[key] in allowed, key, v[key], f"one of {tuple(allowed)}")
   for key in ("model.features", "model.dense"):
     ok = all(isinstance(w, int) and w > 0 for w in v[key])
     _require(ok, key, v[key], "a tuple of positive ints")
   _require(len(v["model.features"]) > 0, "model.features", v["model.features"], "at least one conv layer")
   _require(v["model.kernel_size"] >= 1, "model.kernel_size", v["model.kernel_size"], ">= 1")
   _require(v["model.pool"] >= 1, "model.pool", v["model.pool"], ">= 1 (1 = no pooling)")
-  _require(v["optimizer.name"] in OPTIMIZERS, "optimizer.name", v["optimizer.name"], f"one of {OPTIMIZERS}")
-  _require(v["optimizer.schedule"] in SCHEDULES, "optimizer.schedule", v["optimizer.schedule"], f"one of {SCHEDULES}")
   lr = v["optimizer.learning_rate"]
   _require(lr > 0 and math.isfinite(lr), "optimizer.learning_rate", lr, "a finite number > 0")
   _require(v["optimizer.warmup_steps"] >= 0, "optimizer.warmup_steps", v["optimizer.warmup_steps"], ">= 0")
@@ -233,20 +234,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _require(v[key] >= 1, key, v[key], ">= 1")
   _require(v["keep_checkpoints"] >= 1, "keep_checkpoints", v["keep_checkpoints"], ">= 1")
   _require(0 <= v["optimizer.b1"] < 1, "optimizer.b1", v["optimizer.b1"], "in [0, 1)")
-  _require(v["generator.upsample"] in upsamples, "generator.upsample", v["generator.upsample"], f"one of {upsamples}")
   _require(v["generator.out_strides"] in (1, 2), "generator.out_strides", v["generator.out_strides"], "1 or 2")
-  _require(
-    v["generator.resize_method"] in RESIZE_METHODS,
-    "generator.resize_method",
-    v["generator.resize_method"],
-    f"one of {RESIZE_METHODS}",
-  )
-  _require(
-    v["generator.output_activation"] in output_activations,
-    "generator.output_activation",
-    v["generator.output_activation"],
-    f"one of {output_activations}",
-  )
   for key in ("generator.features", "discriminator.features", "autoencoder.features"):
     ok = len(v[key]) > 0 and all(isinstance(w, int) and w > 0 for w in v[key])
     _require(ok, key, v[key], "a non-empty tuple of positive ints")
@@ -265,6 +253,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   d_lr = v["discriminator.learning_rate"]
   _require(d_lr >= 0 and math.isfinite(d_lr), "discriminator.learning_rate", d_lr, ">= 0 (0 = optimizer's)")
   real = v["measure.real_source"]
+  sources = tuple(data.SOURCES)
   _require(real == "" or real in sources, "measure.real_source", real, f"'' (the eval split) or one of {sources}")
   if v["task"] == "inversion":
     _require(

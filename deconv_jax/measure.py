@@ -96,16 +96,3 @@ def generated_quality(generated_NHWC: np.ndarray, real_NHWC: np.ndarray, featuri
     "num_generated": len(generated_NHWC),
     "num_real": len(real_NHWC),
   }
-
-
-def reference_quality(train_NHWC: np.ndarray, test_NHWC: np.ndarray, featurizer: Featurizer) -> dict[str, float]:
-  """What real data scores: FID between two real sets (train vs test) and the test set's classifier score."""
-  train_features, _ = featurizer(train_NHWC)
-  test_features, test_logits = featurizer(test_NHWC)
-  return {
-    "fid": quality.fid(train_features, test_features),
-    "classifier_score": quality.classifier_score(test_logits),
-    "checkerboard_score": quality.checkerboard_score(train_NHWC, test_NHWC),
-    "num_generated": len(train_NHWC),
-    "num_real": len(test_NHWC),
-  }

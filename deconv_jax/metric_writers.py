@@ -12,27 +12,8 @@ import os
 
 import jax
 import numpy as np
-from PIL import Image
 
-
-def image_grid(images_NHWC: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarray:
-  """Images ``[N, H, W, C]`` in ``[0, 1]`` -> one uint8 grid ``[rows * (H + gap) - gap, ..., 3]`` on white."""
-  images = np.clip(np.asarray(images_NHWC, np.float32), 0, 1)
-  if images.shape[-1] == 1:
-    images = np.repeat(images, 3, axis=-1)
-  n, h, w, _ = images.shape
-  cols = min(cols, n)
-  rows = -(-n // cols)
-  grid = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), np.float32)
-  for i, image in enumerate(images):
-    r, c = divmod(i, cols)
-    grid[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = image[..., :3]
-  return (grid * 255).round().astype(np.uint8)
-
-
-def save_png(grid: np.ndarray, path: str, zoom: int = 2) -> None:
-  """A uint8 RGB image (an `image_grid`) written as a PNG, each pixel ``zoom`` x ``zoom``."""
-  Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
+from deconv_jax import figures
 
 
 class MetricWriter:
@@ -80,8 +61,8 @@ class MetricWriter:
     path = os.path.join(directory, f"{name}_{step:06d}.png")
     images = np.asarray(images)
     cols = images.shape[1] if images.ndim == 5 else 8
-    grid = image_grid(images.reshape(-1, *images.shape[-3:]), cols)
-    save_png(grid, path)
+    grid = figures.image_grid(images.reshape(-1, *images.shape[-3:]), cols)
+    figures.save_png(grid, path)
     self._tb.add_image(name, grid, step, dataformats="HWC")
     self._tb.flush()
     return path

@@ -7,7 +7,7 @@ convolution. A `Deconv` is the adjoint of the `Conv` with the same kernel.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -130,6 +130,9 @@ class Deconv(nn.Module):
     return layer, {"params": params}
 
 
+PADDINGS = ("SAME", "VALID")  # of the CNN's convolutions
+
+
 class CNN(nn.Module):
   """Image classifier: ``len(features)`` x [Conv, activation, MaxPool], Flatten, Dense(+act)..., Dense logits.
 
@@ -199,7 +202,7 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "sigmoid": nn.sigmoid,
   "none": lambda x: x,
 }
-UPSAMPLE_METHODS = ("transpose", "resize_conv", "subpixel")
+RESIZE_METHODS = ("nearest", "bilinear")  # jax.image.resize methods a resize_conv generator may use
 
 
 def _output_activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -265,8 +268,8 @@ class Generator(nn.Module):
   @nn.compact
   def __call__(self, z_or_features: jax.Array, labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
     """z ``[N, D]`` or features ``[N, h, w, C]`` (+ labels ``[N]``) -> images ``[N, H, W, out_channels]``."""
-    if self.upsample not in UPSAMPLE_METHODS:
-      raise ValueError(f"upsample must be one of {UPSAMPLE_METHODS}, got {self.upsample!r}")
+    if self.upsample not in UPSAMPLERS:
+      raise ValueError(f"upsample must be one of {tuple(UPSAMPLERS)}, got {self.upsample!r}")
     out_act = _output_activation(self.output_activation)
     x = z_or_features
     if x.ndim not in (2, 4):
@@ -300,17 +303,42 @@ class Generator(nn.Module):
     if self.out_strides == 2:
       x = self._upsample(x, self.out_channels, use_bias=True, name="out")
     else:
-      last = Deconv if self.upsample == "transpose" else Conv
-      x = last(self.out_channels, self.kernel_size, strides=1, name="out")(x)
+      x = UPSAMPLERS[self.upsample].same_size(self.out_channels, self.kernel_size, strides=1, name="out")(x)
     return out_act(x)
 
   def _upsample(self, x: jax.Array, width: int, *, use_bias: bool, name: str) -> jax.Array:
     """One stride-2 up-sampling layer of ``width`` channels, as ``upsample`` says."""
-    if self.upsample == "transpose":
-      return Deconv(width, self.kernel_size, strides=2, use_bias=use_bias, name=name)(x)
-    if self.upsample == "resize_conv":
-      return Conv(width, self.kernel_size, use_bias=use_bias, name=name)(ops.resize(x, 2, self.resize_method))
-    return ops.depth_to_space(Conv(4 * width, self.kernel_size, use_bias=use_bias, name=name)(x), 2)
+    return UPSAMPLERS[self.upsample].double(self, x, width, use_bias=use_bias, name=name)
+
+
+class Upsampler(NamedTuple):
+  """One way for `Generator` to double H and W: ``double(generator, x, width, *, use_bias, name)`` builds a
+  stride-2 layer of ``width`` channels (named ``name``) and applies it to ``x``; ``same_size`` is the layer
+  class of the generator's stride-1 output layer (``"out"``), `Deconv` or `Conv`, called as
+  ``same_size(out_channels, kernel_size, strides=1, name="out")``."""
+
+  double: Callable[..., jax.Array]
+  same_size: type[nn.Module]
+
+
+def _transpose(g: Generator, x: jax.Array, width: int, *, use_bias: bool, name: str) -> jax.Array:
+  return Deconv(width, g.kernel_size, strides=2, use_bias=use_bias, name=name)(x)
+
+
+def _resize_conv(g: Generator, x: jax.Array, width: int, *, use_bias: bool, name: str) -> jax.Array:
+  return Conv(width, g.kernel_size, use_bias=use_bias, name=name)(ops.resize(x, 2, g.resize_method))
+
+
+def _subpixel(g: Generator, x: jax.Array, width: int, *, use_bias: bool, name: str) -> jax.Array:
+  return ops.depth_to_space(Conv(4 * width, g.kernel_size, use_bias=use_bias, name=name)(x), 2)
+
+
+# Generator.upsample's values. A new up-sampler is one entry here (its config value comes from this table).
+UPSAMPLERS: dict[str, Upsampler] = {
+  "transpose": Upsampler(_transpose, Deconv),
+  "resize_conv": Upsampler(_resize_conv, Conv),
+  "subpixel": Upsampler(_subpixel, Conv),
+}
 
 
 class Discriminator(nn.Module):

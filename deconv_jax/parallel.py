@@ -28,7 +28,7 @@ from jax import lax
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from deconv_jax import ops
+from deconv_jax import xla_cpu
 
 AXIS = "batch"
 KINDS = ("shard_map", "pmap")
@@ -73,7 +73,7 @@ class DataParallel:
   """Places states and batches on every device of every process, and compiles the steps that use them.
 
   Each compiled step takes a state placed by `put_state` and this process's rows of the batch
-  (numpy, ``[B // process_count, ...]``), and returns what every device agrees on (``pmean``-ed
+  (numpy, ``[N // process_count, ...]``), and returns what every device agrees on (``pmean``-ed
   or ``psum``-ed) as this process's copy: one array per leaf under ``"shard_map"`` (fetching it
   waits for nothing else), stacked ``[local_devices, ...]`` under ``"pmap"``.
   """
@@ -108,7 +108,7 @@ class DataParallel:
     return jax.device_get(self._local(tree))
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's rows ``[B / processes, ...]`` -> the global batch, split over the devices."""
+    """This process's rows ``[N / processes, ...]`` -> the global batch, split over the devices."""
     if self.kind == "pmap":
       n = jax.local_device_count()
       return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
@@ -134,8 +134,8 @@ class DataParallel:
     return jax.jit(mapped, donate_argnums=donate, compiler_options=self._compiler_options())
 
   def _compiler_options(self) -> dict[str, str] | None:
-    """`ops.compiler_options` for the mesh's platform (``jax.pmap`` takes none: it compiles with XLA's defaults)."""
-    return ops.compiler_options(self.mesh.devices.flat[0].platform)
+    """`xla_cpu.compiler_options` for the mesh's platform (``jax.pmap`` takes none: it compiles with XLA's defaults)."""
+    return xla_cpu.compiler_options(self.mesh.devices.flat[0].platform)
 
   def train_step(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
     """``fn(state, batch, rng, *, axis_name) -> (state, metrics)``, compiled; the state is donated.

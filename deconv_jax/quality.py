@@ -24,12 +24,12 @@ import numpy as np
 from scipy import linalg, special
 
 
-def gaussian_stats(features_ND: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_stats(features_NF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean ``[D]`` and unbiased covariance ``[D, D]`` (``np.cov(rowvar=False)``) of features ``[N, D]``, float64."""
-  features_ND = np.asarray(features_ND, dtype=np.float64)
-  if features_ND.ndim != 2 or features_ND.shape[0] < 2:
-    raise ValueError(f"features must be [N, D] with N >= 2, got shape {features_ND.shape}")
-  return features_ND.mean(axis=0), np.atleast_2d(np.cov(features_ND, rowvar=False))
+  features_NF = np.asarray(features_NF, dtype=np.float64)
+  if features_NF.ndim != 2 or features_NF.shape[0] < 2:
+    raise ValueError(f"features must be [N, D] with N >= 2, got shape {features_NF.shape}")
+  return features_NF.mean(axis=0), np.atleast_2d(np.cov(features_NF, rowvar=False))
 
 
 def frechet_distance(
@@ -60,13 +60,13 @@ def frechet_distance(
   return max(float(distance), 0.0)
 
 
-def fid(features_a_ND: np.ndarray, features_b_MD: np.ndarray) -> float:
+def fid(features_a_NF: np.ndarray, features_b_MF: np.ndarray) -> float:
   """Fréchet distance between the Gaussians fitted (`gaussian_stats`) to features ``[N, D]`` and ``[M, D]``.
 
   FID is biased upward by finite samples, and the bias depends on N, M and D: only compare FIDs computed with the
   same sample counts and the same feature extractor, and state N and M next to every number.
   """
-  return frechet_distance(*gaussian_stats(features_a_ND), *gaussian_stats(features_b_MD))
+  return frechet_distance(*gaussian_stats(features_a_NF), *gaussian_stats(features_b_MF))
 
 
 def classifier_scores(logits_NK: np.ndarray, num_splits: int = 1) -> np.ndarray:

@@ -48,10 +48,9 @@ from PIL import Image
 from scipy import stats
 
 # A driver, like a notebook: it runs `train` in-process, one run after another.
-from deconv_jax import cli, data, measure, quality, tasks, train, visualize
+from deconv_jax import cli, data, figures, measure, quality, tasks, train
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
-from deconv_jax.metric_writers import image_grid
 
 # name -> generator overrides. Kernel 4 overlaps evenly with stride 2; 3 and 5 do not (Odena et al. 2016).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -474,49 +473,14 @@ def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2
   """Each variant's samples (a 4x4 grid, the same latents everywhere) side by side under its name."""
   blocks = []
   for name, images in shown:
-    grid = Image.fromarray(image_grid(images, cols=4))
+    grid = Image.fromarray(figures.image_grid(images, cols=4))
     grid = np.asarray(grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST), np.float32) / 255
-    blocks.append(visualize.captioned(name, grid))
-  return visualize.figure(
+    blocks.append(figures.captioned(name, grid))
+  return figures.figure(
     f"The same {len(shown[0][1])} latents through every up-sampling variant (seed {seed})",
-    visualize.stack(blocks, axis=1, gap=3 * visualize.GAP),
+    figures.stack(blocks, axis=1, gap=3 * figures.GAP),
     "A class-conditional generator draws the classes 0-9, then 0-5, in reading order.",
   )
-
-
-VIRIDIS = np.array(
-  [[68, 1, 84], [72, 40, 120], [62, 73, 137], [49, 104, 142], [38, 130, 142],
-   [31, 158, 137], [53, 183, 121], [110, 206, 88], [181, 222, 43], [253, 231, 37]], np.float32
-) / 255  # fmt: skip
-RED = visualize.RED
-
-
-def _viridis(values: np.ndarray) -> np.ndarray:
-  """Values in ``[0, 1]`` -> RGB ``[..., 3]`` (matplotlib's viridis, linear between 10 of its colours)."""
-  x = np.clip(np.nan_to_num(values), 0, 1) * (len(VIRIDIS) - 1)
-  low = np.minimum(np.floor(x).astype(int), len(VIRIDIS) - 2)
-  return VIRIDIS[low] + (x - low)[..., None] * (VIRIDIS[low + 1] - VIRIDIS[low])
-
-
-def _frame(image: np.ndarray, top: int, left: int, size: int, margin: int = 0, width: int = 2) -> np.ndarray:
-  """A red square frame ``width`` pixels wide around the ``size``-pixel square at ``(top, left)``, ``margin``
-  pixels outside it (0: on its border), clipped to ``image`` and drawn into a copy of it."""
-  r, c = np.ogrid[: image.shape[0], : image.shape[1]]
-  lo_r, hi_r, lo_c, hi_c = top - margin, top + size + margin, left - margin, left + size + margin
-  outer = (r >= lo_r) & (r < hi_r) & (c >= lo_c) & (c < hi_c)
-  inner = (r >= lo_r + width) & (r < hi_r - width) & (c >= lo_c + width) & (c < hi_c - width)
-  out = image.copy()
-  out[outer & ~inner] = RED
-  return out
-
-
-def _gray_rgb(image_HWC: np.ndarray) -> np.ndarray:
-  image = np.clip(np.asarray(image_HWC, np.float32), 0, 1)
-  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
-def _nearest(image_HWC: np.ndarray, zoom: int) -> np.ndarray:
-  return np.repeat(np.repeat(image_HWC, zoom, axis=0), zoom, axis=1)
 
 
 def _centred(spectrum_HW: np.ndarray) -> np.ndarray:
@@ -526,7 +490,7 @@ def _centred(spectrum_HW: np.ndarray) -> np.ndarray:
 
 
 def _pad_width(block: np.ndarray, width: int) -> np.ndarray:
-  return visualize.stack([block, np.ones((1, width, 3), np.float32)], axis=0, center=True)[:-1]
+  return figures.stack([block, np.ones((1, width, 3), np.float32)], axis=0, center=True)[:-1]
 
 
 def spectrum_figure(
@@ -556,24 +520,24 @@ def spectrum_figure(
   crop_at, size = h // 4, h // 2
 
   def panel(rgb_HW3: np.ndarray) -> np.ndarray:
-    image = _nearest(rgb_HW3, zoom)
+    image = figures.repeat_pixels(rgb_HW3, zoom)
     for r, c in zip(*np.nonzero(alias)):
-      image = _frame(image, r * zoom, c * zoom, zoom, margin=2)
+      image = figures.frame(image, r * zoom, c * zoom, zoom, margin=2)
     return image
 
   gray = lambda v: np.repeat((0.5 + 0.5 * np.clip(v, -1, 1))[..., None], 3, axis=-1)
   rows: list[list[np.ndarray]] = [[], [], [], [], []]
   for name in names:
-    power = _viridis((logs[name] - bottom) / (top - bottom))
+    power = figures.viridis((logs[name] - bottom) / (top - bottom))
     power[np.isnan(logs[name])] = 1.0
     ratio = np.nan_to_num((logs[name] - logs[reference]) / decades)  # DC: mid-gray
-    sample = _gray_rgb(samples[name])
-    rows[0].append(visualize.text(f"{name}\n{captions.get(name, '')}", center=True))
+    sample = figures.rgb(samples[name])
+    rows[0].append(figures.text(f"{name}\n{captions.get(name, '')}", center=True))
     rows[1].append(panel(power))
     rows[2].append(panel(gray(ratio)))
-    rows[3].append(_frame(_nearest(sample, zoom), crop_at * zoom, crop_at * zoom, size * zoom))
+    rows[3].append(figures.frame(figures.repeat_pixels(sample, zoom), crop_at * zoom, crop_at * zoom, size * zoom))
     crop = sample[crop_at : crop_at + size, crop_at : crop_at + size]
-    rows[4].append(_nearest(crop, (h * zoom) // size))
+    rows[4].append(figures.repeat_pixels(crop, (h * zoom) // size))
   labels = [
     "",
     "mean power\nspectrum\n(log10)",
@@ -582,27 +546,27 @@ def spectrum_figure(
     f"its centre,\n{(h * zoom) // size}x",
   ]
   width = max(block.shape[1] for row in rows for block in row)
-  label_width = max(visualize.text(t).shape[1] for t in labels)
+  label_width = max(figures.text(t).shape[1] for t in labels)
   lines = []
   for label, row in zip(labels, rows):
-    cells = [visualize.text(label, label_width), *(_pad_width(block, width) for block in row)]
-    lines.append(visualize.stack(cells, axis=1, gap=2 * visualize.GAP))
+    cells = [figures.text(label, label_width), *(_pad_width(block, width) for block in row)]
+    lines.append(figures.stack(cells, axis=1, gap=2 * figures.GAP))
   bar = np.linspace(0, 1, 256)[None, :].repeat(12, axis=0)
-  legend = visualize.stack(
+  legend = figures.stack(
     [
-      visualize.text(f"power: 10^{bottom:.1f}"),
-      _viridis(bar),
-      visualize.text(f"10^{top:.1f}        ratio: 1/{10**decades:g}"),
+      figures.text(f"power: 10^{bottom:.1f}"),
+      figures.viridis(bar),
+      figures.text(f"10^{top:.1f}        ratio: 1/{10**decades:g}"),
       gray(2 * bar - 1),
-      visualize.text(f"{10**decades:g}x"),
+      figures.text(f"{10**decades:g}x"),
     ],
     axis=1,
-    gap=visualize.GAP,
+    gap=figures.GAP,
     center=True,
   )
-  return visualize.figure(
+  return figures.figure(
     f"Where checkerboards live: mean power spectra of generated images and of the {reference} ({counts})",
-    visualize.stack([visualize.stack(lines, axis=0, gap=visualize.GAP), legend], axis=0, gap=3 * visualize.GAP),
+    figures.stack([figures.stack(lines, axis=0, gap=figures.GAP), legend], axis=0, gap=3 * figures.GAP),
     "Spectra: |FFT|^2 of each mean-subtracted image, averaged; zero frequency at the centre (removed: white), "
     "±1/2 cycle per pixel at the edges;\nhorizontal frequency left to right, vertical top to bottom. Red frames: "
     "the stride-2 alias frequencies (1/2, 0), (0, 1/2), (1/2, 1/2), whose share of the power\nthe checkerboard "

@@ -25,7 +25,7 @@ from absl import flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from deconv_jax import checkpoint, cli, data, eval_loop, hostmem, parallel, tasks
+from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks, xla_cpu
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import MetricWriter
@@ -68,7 +68,7 @@ def _train_and_evaluate(
 ) -> dict[str, float]:
   # ---------------------------------------------------------------- config & workdir
   config_lib.validate(config)
-  hostmem.reuse_freed_memory()  # each step's buffers stay mapped (no page faults per step); the math is the same
+  xla_cpu.reuse_freed_memory()  # each step's buffers stay mapped (no page faults per step); the math is the same
   task = tasks.get(config.task)
   try:
     parallel.check_batch_size(config.batch_size, "batch_size")
@@ -105,9 +105,11 @@ def _train_and_evaluate(
 
   # ---------------------------------------------------------------- update step
   dp = parallel.DataParallel(config.parallel)  # every device of every process
-  p_train_step = dp.train_step(lambda s, b, r, axis_name: task.train_step(s, b, r, config=config, axis_name=axis_name))
+  compiled_train_step = dp.train_step(
+    lambda s, b, r, axis_name: task.train_step(s, b, r, config=config, axis_name=axis_name)
+  )
   state = dp.put_state(state)
-  p_eval_step = eval_loop.compile_eval_step(task, dp)
+  compiled_eval_step = eval_loop.compile_eval_step(task, dp)
   samples_fn = dp.on_state(task.samples) if task.samples is not None else None  # generator tasks: a grid of samples
   host_state = lambda: dp.get_state(state)
 
@@ -132,7 +134,7 @@ def _train_and_evaluate(
   progress = None
   if start_step >= total_steps:  # Complete already: evaluate what is there; its eval record exists.
     _log(f"already trained to step {start_step} of {total_steps}; evaluating {workdir}")
-    eval_metrics = eval_loop.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+    eval_metrics = eval_loop.evaluate_state(task, compiled_eval_step, state, eval_source, config.eval_batch_size)
   else:
     _log(
       f"training {config.task} ({num_params:,} params) on {config.dataset.source}:{config.dataset.train_split} "
@@ -145,7 +147,7 @@ def _train_and_evaluate(
   t_last, steps_at_last = t_start, start_step
   while step < total_steps:
     batch = next(train_iter)  # this process's rows; the step places them
-    state, metrics = p_train_step(state, batch, jax.random.fold_in(train_rng, step))
+    state, metrics = compiled_train_step(state, batch, jax.random.fold_in(train_rng, step))
     if in_flight is not None:  # Count a step when it is computed, keeping one step in flight.
       jax.block_until_ready(in_flight)
       progress.step()
@@ -173,7 +175,7 @@ def _train_and_evaluate(
         progress.log(step, train_metrics, train_metrics["steps_per_sec"])
       writer.write(step, "train", train_metrics)
     if step % config.eval_every_steps == 0 or last:
-      eval_metrics = eval_loop.evaluate_state(task, p_eval_step, state, eval_source, config.eval_batch_size)
+      eval_metrics = eval_loop.evaluate_state(task, compiled_eval_step, state, eval_source, config.eval_batch_size)
       stop_if_not_finite(eval_metrics, "eval", step)
       writer.write(step, "eval", eval_metrics)
       progress.write(f"step {step}/{total_steps} | eval {config.dataset.eval_split}: " + format_metrics(eval_metrics))

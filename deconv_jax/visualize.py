@@ -31,18 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from deconv_jax import attribution, cli, data, models, ops
+from deconv_jax import attribution, cli, data, figures, models, ops
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
-from deconv_jax.metric_writers import image_grid
 from deconv_jax.tasks import classifier
-
-RED = np.array([1.0, 0.0, 0.0])
-GAP = 4  # pixels between cells
-FONT_SIZE = 15  # pixels; PIL's scalable default font
-
 
 # ---------------------------------------------------------------- receptive fields
 
@@ -105,7 +99,7 @@ def choose(
 
 
 def projector(model: models.CNN, layer: str):
-  """A jitted ``(variables, images [B, H, W, C], channels [B]) -> (projections [B, H, W, C], positions [B, 2])``.
+  """A jitted ``(variables, images [N, H, W, C], channels [N]) -> (projections [N, H, W, C], positions [N, 2])``.
 
   Each example's projection is the deconvnet of the single strongest unit of its own
   channel, seeded with that unit's activation (Zeiler & Fergus): one compiled call for all.
@@ -128,100 +122,15 @@ def _three_methods(model: models.CNN, variables: Any, images: jax.Array) -> tupl
   return predicted, {m: attribution.attribute(model, variables, images, target, m) for m in attribution.METHODS}
 
 
-# ---------------------------------------------------------------- drawing
-
-
-def _rgb(image_HWC: np.ndarray) -> np.ndarray:
-  image = np.clip(np.asarray(image_HWC, np.float32), 0, 1)
-  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-
-
-def signed(map_HWC: np.ndarray) -> np.ndarray:
-  """A signed map for display: mid-gray = 0, white/black = +/- its own max ``|v|``."""
-  scale = float(np.abs(map_HWC).max())
-  return _rgb(0.5 + 0.5 * np.asarray(map_HWC) / (scale if scale > 0 else 1.0))
-
-
-def _crop(image_HWC: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
-  """The ``size x size`` window at ``(top, left)``; outside the image it is ``fill``."""
-  h, w, c = image_HWC.shape
-  out = np.full((size, size, c), fill, np.float32)
-  r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + size, h), min(left + size, w)
-  out[r0 - top : r1 - top, c0 - left : c1 - left] = image_HWC[r0:r1, c0:c1]
-  return out
-
-
-def _zoom(image: np.ndarray, cell: int) -> np.ndarray:
-  return np.asarray(Image.fromarray(_u8(image)).resize((cell, cell), Image.NEAREST), np.float32) / 255
-
-
-def _u8(image: np.ndarray) -> np.ndarray:
-  return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _grid(cells: Sequence[np.ndarray], cols: int) -> np.ndarray:
-  """Equal RGB cells in ``[0, 1]`` in a grid of ``cols`` columns on white (`metric_writers.image_grid`), as floats."""
-  return image_grid(np.stack(cells), cols, gap=GAP).astype(np.float32) / 255
-
-
-def _box(image: np.ndarray, top: int, left: int, size: int, zoom: int) -> np.ndarray:
-  out = image.copy()
-  h, w = out.shape[:2]
-  r0, c0 = max(top * zoom, 0), max(left * zoom, 0)
-  r1, c1 = min((top + size) * zoom, h) - 1, min((left + size) * zoom, w) - 1
-  out[r0 : r1 + 1, [c0, c1]] = RED
-  out[[r0, r1], c0 : c1 + 1] = RED
-  return out
-
-
-def text(lines: str, width: int = 0, *, size: int = FONT_SIZE, center: bool = False) -> np.ndarray:
-  """``lines`` (``\n``-separated) in black on white, as an RGB array ``[h, max(width, text width), 3]``."""
-  font = ImageFont.load_default(size=size)
-  rows = lines.split("\n")
-  line_h = size + size // 3
-  text_w = max(int(np.ceil(font.getlength(row))) for row in rows)
-  canvas = Image.new("RGB", (max(width, text_w), line_h * len(rows) + size // 3), "white")
-  draw = ImageDraw.Draw(canvas)
-  for i, row in enumerate(rows):
-    x = (canvas.width - font.getlength(row)) / 2 if center else 0
-    draw.text((x, i * line_h), row, fill="black", font=font)
-  return np.asarray(canvas, np.float32) / 255
-
-
-def stack(arrays: Sequence[np.ndarray], axis: int, gap: int = 0, *, center: bool = False) -> np.ndarray:
-  """RGB arrays on white, one below the other (``axis=0``) or side by side (``axis=1``), ``gap`` pixels apart."""
-  other = 1 - axis
-  size = max(a.shape[other] for a in arrays)
-  parts = []
-  for i, a in enumerate(arrays):
-    pad = size - a.shape[other]
-    before = pad // 2 if center else 0
-    widths = [(0, 0)] * 3
-    widths[other] = (before, pad - before)
-    parts.append(np.pad(a, widths, constant_values=1.0))
-    if gap and i < len(arrays) - 1:
-      shape = list(parts[-1].shape)
-      shape[axis] = gap
-      parts.append(np.ones(shape, np.float32))
-  return np.concatenate(parts, axis=axis)
-
-
-def captioned(caption: str, block: np.ndarray) -> np.ndarray:
-  return stack([text(caption, block.shape[1], center=True), block], axis=0, gap=2)
-
-
-def figure(title: str, body: np.ndarray, footnote: str) -> Image.Image:
-  """``body`` under a title and over a footnote, with a white margin."""
-  page = stack([text(title, size=FONT_SIZE + 3), body, text(footnote)], axis=0, gap=3 * GAP)
-  return Image.fromarray(_u8(np.pad(page, ((3 * GAP, 3 * GAP), (3 * GAP, 3 * GAP), (0, 0)), constant_values=1.0)))
+# ---------------------------------------------------------------- the figures
 
 
 SIGNED_SCALE = "Maps: mid-gray = 0, white = +max|v|, black = -max|v|, each map on its own scale."
 
 
 def layer_figure(
-  images_BHWC: np.ndarray,
-  projections_BHWC: np.ndarray,
+  images_NHWC: np.ndarray,
+  projections_NHWC: np.ndarray,
   positions_B2: np.ndarray,
   channels: Sequence[int],
   field: tuple[int, int, int],
@@ -230,7 +139,7 @@ def layer_figure(
 ) -> Image.Image:
   """Per channel, three captioned grids: its top_k images (unit boxed), their projections, their input patches."""
   size, jump, start = field
-  h = images_BHWC.shape[1]
+  h = images_NHWC.shape[1]
   zoom = max(1, 64 // h)
   cell = h * zoom
   cols = int(np.ceil(np.sqrt(top_k)))
@@ -240,39 +149,43 @@ def layer_figure(
     shown, projected, patches = [], [], []
     for b in range(n * top_k, (n + 1) * top_k):
       top, left = (start + jump * int(p) for p in positions_B2[b])
-      shown.append(_box(_zoom(_rgb(images_BHWC[b]), cell), top, left, size, zoom))
-      projected.append(_zoom(signed(_crop(projections_BHWC[b], top, left, size, 0.0)), cell))
-      patches.append(_zoom(_rgb(_crop(images_BHWC[b], top, left, size, 1.0)), cell))
-    grids = [captioned(t, _grid(cells, cols)) for t, cells in zip(captions, (shown, projected, patches))]
-    row = stack(grids, axis=1, gap=3 * GAP)
-    blocks.append(stack([text(f"{layer}, channel {c}", size=FONT_SIZE + 1), row], axis=0, gap=2))
-  pairs = [stack(blocks[i : i + 2], axis=1, gap=8 * GAP) for i in range(0, len(blocks), 2)]
-  return figure(
+      shown.append(figures.box(figures.zoom_to(figures.rgb(images_NHWC[b]), cell), top, left, size, zoom))
+      projected.append(figures.zoom_to(figures.signed(figures.crop(projections_NHWC[b], top, left, size, 0.0)), cell))
+      patches.append(figures.zoom_to(figures.rgb(figures.crop(images_NHWC[b], top, left, size, 1.0)), cell))
+    grids = [figures.captioned(t, figures.grid(cells, cols)) for t, cells in zip(captions, (shown, projected, patches))]
+    row = figures.stack(grids, axis=1, gap=3 * figures.GAP)
+    blocks.append(
+      figures.stack([figures.text(f"{layer}, channel {c}", size=figures.FONT_SIZE + 1), row], axis=0, gap=2)
+    )
+  pairs = [figures.stack(blocks[i : i + 2], axis=1, gap=8 * figures.GAP) for i in range(0, len(blocks), 2)]
+  return figures.figure(
     f"Deconvnet (Zeiler & Fergus): what excites {layer} ({len(channels)} channels, receptive field {size}x{size})",
-    stack(pairs, axis=0, gap=4 * GAP),
+    figures.stack(pairs, axis=0, gap=4 * figures.GAP),
     "Each channel: the images that excite it most, with its strongest unit's receptive field boxed in red; "
     "that one unit projected back to pixels;\nand the input under the box. " + SIGNED_SCALE,
   )
 
 
 def methods_figure(
-  images_BHWC: np.ndarray, labels_B: np.ndarray, predicted_B: np.ndarray, maps: dict[str, np.ndarray]
+  images_NHWC: np.ndarray, labels_N: np.ndarray, predicted_N: np.ndarray, maps: dict[str, np.ndarray]
 ) -> Image.Image:
   """A table: one row per image (its true and predicted class), then each method's map of its predicted logit."""
-  h = images_BHWC.shape[1]
+  h = images_NHWC.shape[1]
   cell = h * max(1, 96 // h)
-  columns = [[text("image", cell, center=True)]] + [
-    [text(m.replace("_", " "), cell, center=True)] for m in attribution.METHODS
+  columns = [[figures.text("image", cell, center=True)]] + [
+    [figures.text(m.replace("_", " "), cell, center=True)] for m in attribution.METHODS
   ]
-  row_labels = [text("")]
-  for b in range(len(images_BHWC)):
-    columns[0].append(_zoom(_rgb(images_BHWC[b]), cell))
+  row_labels = [figures.text("")]
+  for b in range(len(images_NHWC)):
+    columns[0].append(figures.zoom_to(figures.rgb(images_NHWC[b]), cell))
     for j, m in enumerate(attribution.METHODS, start=1):
-      columns[j].append(_zoom(signed(maps[m][b]), cell))
-    label = text(f"true {labels_B[b]}\npredicted {predicted_B[b]}")
-    row_labels.append(stack([label, np.ones((cell - label.shape[0], 1, 3), np.float32)], axis=0))
-  table = stack([stack(col, axis=0, gap=GAP) for col in [row_labels, *columns]], axis=1, gap=GAP)
-  return figure(
+      columns[j].append(figures.zoom_to(figures.signed(maps[m][b]), cell))
+    label = figures.text(f"true {labels_N[b]}\npredicted {predicted_N[b]}")
+    row_labels.append(figures.stack([label, np.ones((cell - label.shape[0], 1, 3), np.float32)], axis=0))
+  table = figures.stack(
+    [figures.stack(col, axis=0, gap=figures.GAP) for col in [row_labels, *columns]], axis=1, gap=figures.GAP
+  )
+  return figures.figure(
     "Saliency, deconvnet and guided backprop of the predicted class's logit",
     table,
     "One backward pass each; they differ only in how the signal crosses a ReLU.\n" + SIGNED_SCALE,

@@ -89,6 +89,7 @@ def test_relu_rules_backward():
 # ---------------------------------------------------------------- saliency is the gradient
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [nn.relu, nn.gelu], ids=["relu", "gelu"])
 def test_saliency_equals_jax_grad(activation):
   model = small_cnn(activation=activation)
@@ -112,6 +113,7 @@ def test_saliency_equals_jax_grad(activation):
 # ---------------------------------------------------------------- one conv layer: the filter, placed
 
 
+@pytest.mark.slow
 @given(
   kernel_size=st.integers(1, 4),
   strides=st.integers(1, 3),

@@ -10,7 +10,7 @@ import sys
 import jax
 import pytest
 
-from deconv_jax import benchmark, ops
+from deconv_jax import benchmark, xla_cpu
 
 PLATFORM_KEYS = {"backend", "devices"}
 PEERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "bench", "peers")
@@ -28,6 +28,7 @@ PEERS_FIELDS |= {"first_step_s", "second_step_s", "steps_per_repeat", "repeat_s"
 PEERS_FIELDS |= {"train_flops_per_image", "achieved_gflops", "versions", "python", "cpu"}
 
 
+@pytest.mark.slow
 def test_train_step_records_follow_the_peers_protocol():
   records = benchmark.train_step_benchmark("seedcnn", 8, repeats=2, target_s=0.01)  # the default CNN with Adam
   assert [(r["framework"], r["mode"], r["model"], r["batch"]) for r in records] == [
@@ -84,7 +85,7 @@ def test_conv_library_benchmark_record():
   assert record["input_shape"] == [2, 6, 6, 3] and record["kernel_shape"] == [3, 3, 3, 4]
   assert_positive_finite(record, ["xla_default_ms", "compiler_options_ms", "ratio"])
   assert record["ratio"] == pytest.approx(record["xla_default_ms"] / record["compiler_options_ms"])
-  assert record["options"] == ops.compiler_options(jax.default_backend())
+  assert record["options"] == xla_cpu.compiler_options(jax.default_backend())
   assert record["max_rel_diff"] <= 1e-4
   assert record.keys() >= PLATFORM_KEYS
 
@@ -146,8 +147,9 @@ def test_cli_bad_flag_is_one_line_error(cli, flag):
 
 
 def test_op_profile_names_what_each_op_computes():
-  records = benchmark.op_profile_benchmark("seedcnn", 8, steps=2, top=4)
-  assert 1 <= len(records) <= 4
+  # The top 12: at batch 8 which ops lead differs by XLA version (jaxlib 0.7.2 spends longest on a reduction).
+  records = benchmark.op_profile_benchmark("seedcnn", 8, steps=2, top=12)
+  assert 1 <= len(records) <= 12
   times = [r["ms_per_step"] for r in records]
   assert times == sorted(times, reverse=True) and times[0] > 0
   for r in records:

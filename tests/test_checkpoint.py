@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import pytest
 from conftest import REPO
 from test_train import SMALL, assert_trees_close, final_params, small_config
 
@@ -23,6 +24,7 @@ def truncate_largest_file(step_dir):
     f.truncate(os.path.getsize(largest) // 2)
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   straight, damaged = str(tmp_path / "straight"), str(tmp_path / "damaged")
   train.train_and_evaluate(small_config(), straight)
@@ -39,6 +41,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
   assert_trees_close(p1, p2, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_is_one_line(tmp_path, cli):
   workdir = str(tmp_path / "run")
   cli("deconv_jax.train", *ARGS, "--config.num_train_steps=20", f"--workdir={workdir}", check=True)
@@ -50,6 +53,7 @@ def test_no_usable_checkpoint_is_one_line(tmp_path, cli):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(tmp_path, cli):
   workdir = str(tmp_path / "run")
   cli("deconv_jax.train", *ARGS, "--config.num_train_steps=20", f"--workdir={workdir}", check=True)
@@ -75,6 +79,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(t
   assert f"resumed from {workdir} at step 20" in again.stdout and checkpoint.latest_step(workdir) == 40
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_save_are_removed_at_start_up(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(num_train_steps=20), workdir)

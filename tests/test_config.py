@@ -3,7 +3,7 @@
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import data, models, parallel
+from deconv_jax import data, models, optimizers, parallel
 
 
 @pytest.mark.parametrize(
@@ -11,9 +11,13 @@ from deconv_jax import data, models, parallel
   [
     (data, "SOURCES", "dataset.source"),
     (models, "ACTIVATIONS", "model.activation"),
-    (models, "UPSAMPLE_METHODS", "generator.upsample"),
+    (models, "UPSAMPLERS", "generator.upsample"),
     (models, "OUTPUT_ACTIVATIONS", "generator.output_activation"),
     (parallel, "KINDS", "parallel"),
+    (models, "PADDINGS", "model.padding"),
+    (models, "RESIZE_METHODS", "generator.resize_method"),
+    (optimizers, "OPTIMIZERS", "optimizer.name"),
+    (optimizers, "SCHEDULES", "optimizer.schedule"),
   ],
 )
 def test_a_value_added_to_its_owner_is_allowed(monkeypatch, owner, name, key):

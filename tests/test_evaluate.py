@@ -17,6 +17,7 @@ def last_json(stdout):
   return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_final_eval_of_training(trained, cli):
   workdir, train_metrics = trained
   result = cli("deconv_jax.evaluate", f"--workdir={workdir}", check=True)
@@ -46,6 +47,7 @@ def test_evaluate_on_the_real_mnist_test_set(trained, cli, mnist_dir):
   assert 0.3 < metrics["accuracy"] <= 1.0  # 60 steps of a small CNN: far above chance, far from done
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(trained, cli, tmp_path):
   workdir, _ = trained
   cases = [

@@ -109,6 +109,7 @@ def test_killed_at_random_moments_it_always_resumes_from_a_complete_checkpoint(t
   assert steps == sorted(set(steps)), "metrics.jsonl repeats steps"
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_workdir_is_refused_at_once(tmp_path, cli):
   workdir = str(tmp_path / "run")
   first = start(workdir)
@@ -130,6 +131,7 @@ def test_a_second_run_on_the_same_workdir_is_refused_at_once(tmp_path, cli):
   assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.slow
 def test_a_resume_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(small_config(), workdir)  # 40 steps, checkpoints at 20 and 40, logs every 10
@@ -149,6 +151,7 @@ def test_a_resume_that_changes_a_cosine_schedule_is_refused(tmp_path):
   assert checkpoint.steps(workdir) == [20]
 
 
+@pytest.mark.slow
 def test_non_finite_metrics_stop_the_run_and_say_what_is_kept(tmp_path, monkeypatch):
   from deconv_jax.tasks import classifier
 

@@ -39,6 +39,7 @@ def batch(n=16, seed=0):
   return {"image": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)), "label": jnp.arange(n) % 10}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "generator",
   [
@@ -75,6 +76,7 @@ def test_steps_change_both_networks_and_stay_finite(generator):
     np.testing.assert_allclose(images[:, 3], gan.generate(new, z, jnp.full((6,), 3)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_discriminator_step_does_not_touch_the_generator_loss_inputs():
   # The D loss sees fakes through stop_gradient: its gradient w.r.t. G params is exactly zero.
   config = tiny_gan()
@@ -111,6 +113,7 @@ GAN_ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_one_device_parameters_and_so_does_pmap(cli, tmp_path):
   # Batch-norm statistics are averaged over the devices and latents keyed by global index: same step.
   params = {}
@@ -142,6 +145,7 @@ def classifier_dir(classifier_run):
   return classifier_run[0]
 
 
+@pytest.mark.slow
 def test_evaluate_measures_a_gan_with_the_classifier(cli, tmp_path, classifier_dir):
   workdir = str(tmp_path / "gan")
   cli("deconv_jax.train", f"--workdir={workdir}", *GAN_ARGS, check=True)
@@ -162,6 +166,7 @@ def test_evaluate_measures_a_gan_with_the_classifier(cli, tmp_path, classifier_d
   )
 
 
+@pytest.mark.slow
 def test_gan_config_errors_are_one_line(cli, tmp_path):
   cases = [
     (["--config.generator.upsample=deconv"], "error: config.generator.upsample='deconv' is not allowed: one of"),

@@ -6,7 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from deconv_jax.metric_writers import MetricWriter, image_grid
+from deconv_jax.figures import image_grid
+from deconv_jax.metric_writers import MetricWriter
 
 
 def test_records_and_grids(tmp_path):

@@ -234,6 +234,7 @@ def naive_torch_conv_transpose(y, kernel, strides, padding, dilation, groups, ou
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=40)
 @given(conv_configs(), SEEDS)
 def test_dot_product_identity(cfg, seed):
@@ -286,6 +287,7 @@ def test_delta_gives_unflipped_kernel():
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(conv_configs(groups=(1,)), SEEDS)
 def test_equals_lax_conv_transpose(cfg, seed):
@@ -427,6 +429,7 @@ def torch_conv_transpose(torch, cfg, k, y, ct=None):
   return np.moveaxis(out.detach().numpy(), 1, -1), kernel_grad, np.moveaxis(y_t.grad.numpy(), 1, -1)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=60)
 @given(torch_configs(), SEEDS)
 def test_equals_torch_conv_transpose(cfg, seed):
@@ -453,6 +456,7 @@ def test_equals_torch_conv_transpose(cfg, seed):
   np.testing.assert_allclose(ours, expected, **TOL)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=30)
 @given(torch_configs(accepted_only=True), SEEDS)
 def test_gradients_equal_torch(cfg, seed):
@@ -467,6 +471,7 @@ def test_gradients_equal_torch(cfg, seed):
   np.testing.assert_allclose(grads[1], y_grad, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=20)
 @given(torch_configs(accepted_only=True), SEEDS)
 def test_from_torch_conv_transpose(cfg, seed):
@@ -485,6 +490,7 @@ def test_from_torch_conv_transpose(cfg, seed):
   np.testing.assert_allclose(ours, torch_conv_transpose(torch, cfg, k, y), **TOL)
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=30)
 @given(torch_configs(max_hw=4, accepted_only=True), SEEDS)
 def test_equals_naive_pytorch_definition(cfg, seed):
@@ -524,6 +530,7 @@ def test_naive_pytorch_definition_fixed(y_shape, kernel_shape, s, p, d, g, op, o
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(conv_configs(max_hw=5, max_batch=1), SEEDS)
 def test_conv_matrix(cfg, seed):
@@ -585,7 +592,7 @@ def test_known_xla_crash_case():
   filter in the strategies can go). Fails on any other outcome.
   """
   assert xla_swap_crash((2, 3), (2, 4), (3, 2), (1, 2), (2, 1), ((2, 2), (1, 1)), 1)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(ops.__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(ops.__file__))))  # deconv_jax/ops/
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
   proc = subprocess.run(
     [sys.executable, "-c", textwrap.dedent(_XLA_CRASH_SCRIPT)], capture_output=True, text=True, env=env, timeout=300
@@ -791,6 +798,7 @@ def pool_cases(draw):
   return window, strides, wp, sp, shape
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(pool_cases(), SEEDS)
 def test_max_pool_equals_reduce_window(case, seed):
@@ -844,6 +852,7 @@ def unpool_and_vjp(x, ct, window, strides):
   return jax.jit(both)(x, ct)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(pool_cases(), SEEDS, st.sampled_from(["distinct", "relu", "few_values"]))
 def test_unpool_with_switches_is_the_max_pool_vjp(case, seed, values):
@@ -890,6 +899,7 @@ def tied(seed, shape, kind):
   return jnp.asarray(values.astype(np.float32))
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=40)
 @given(pool_cases(), SEEDS, st.sampled_from(["relu", "few_values", "zeros"]))
 def test_max_pool_gradient_equals_torch_with_ties(case, seed, kind):
@@ -929,6 +939,7 @@ def test_max_pool_gradient_equals_torch_with_ties(case, seed, kind):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(SETTINGS, max_examples=30)
 @given(conv_configs(groups=(1,)), SEEDS)
 def test_kernel_grad_equals_lax_conv_transpose(cfg, seed):
@@ -955,6 +966,7 @@ def test_kernel_grad_equals_lax_conv_transpose(cfg, seed):
   del x
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(conv_configs(), SEEDS)
 def test_conv_kernel_grad_is_the_conv_gradient(cfg, seed):
@@ -1005,3 +1017,55 @@ def test_second_order_derivatives():
     results.append((jax.grad(lambda k, loss=loss: jnp.sum(jax.grad(loss, 1)(k, y) ** 2))(k), hvp))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-3)
   np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------
+# Up-sampling: depth_to_space, resize.
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("r,c", [(2, 3), (3, 2), (1, 5)])
+def test_depth_to_space_matches_numpy_loop(r, c):
+  x = np.asarray(_normal(0, (2, 3, 4, r * r * c)))
+  expected = np.zeros((2, 3 * r, 4 * r, c), np.float32)
+  for n in range(2):
+    for h in range(3):
+      for w in range(4):
+        for i in range(r):
+          for j in range(r):
+            for k in range(c):
+              expected[n, h * r + i, w * r + j, k] = x[n, h, w, (i * r + j) * c + k]
+  np.testing.assert_array_equal(ops.depth_to_space(jnp.asarray(x), r), expected)
+
+
+def test_depth_to_space_rejects_bad_input():
+  with pytest.raises(ValueError, match="x_NHWC has 6 channels"):
+    ops.depth_to_space(jnp.zeros((1, 2, 2, 6)), 2)
+  with pytest.raises(ValueError, match="x_NHWC must be"):
+    ops.depth_to_space(jnp.zeros((2, 2, 4)), 2)
+  with pytest.raises(ValueError, match="r must be"):
+    ops.depth_to_space(jnp.zeros((1, 2, 2, 4)), 0)
+
+
+@pytest.mark.parametrize("factor", [2, (2, 3)])
+def test_resize_nearest_is_repeat_and_bilinear_interpolates(factor):
+  fh, fw = (factor, factor) if isinstance(factor, int) else factor
+  x = _normal(0, (2, 3, 4, 2))
+  np.testing.assert_array_equal(ops.resize(x, factor, "nearest"), jnp.repeat(jnp.repeat(x, fh, 1), fw, 2))
+  smooth = ops.resize(x, factor, "bilinear")
+  assert smooth.shape == (2, 3 * fh, 4 * fw, 2)
+  assert not np.allclose(smooth, ops.resize(x, factor, "nearest"))
+  np.testing.assert_allclose(ops.resize(jnp.full((1, 3, 4, 1), 0.7), factor, "bilinear"), 0.7, rtol=1e-6)
+
+
+def test_resize_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="method must be 'nearest' or 'bilinear'"):
+    ops.resize(jnp.zeros((1, 2, 2, 1)), 2, "bicubic")
+  with pytest.raises(ValueError, match="factor must be >= 1"):
+    ops.resize(jnp.zeros((1, 2, 2, 1)), 0, "nearest")
+  with pytest.raises(ValueError, match="x must be"):
+    ops.resize(jnp.zeros((2, 2, 1)), 2, "nearest")
+
+
+def _normal(seed: int, shape) -> jax.Array:
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)

@@ -74,6 +74,7 @@ def inv_config(classifier_workdir: str, layer: str = "pool2") -> config_lib.ml_c
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied,latent_dim", [(True, 0), (False, 16)], ids=["tied", "free-bottleneck"])
 def test_autoencoder_steps_change_every_param_and_the_loss_falls(info, batch, tied, latent_dim):
   c = ae_config(tied, latent_dim)
@@ -132,6 +133,7 @@ def test_autoencoder_eval_step_scores_an_identity_model_as_perfect(info, batch):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_inversion_steps_train_only_the_generator(info, batch, classifier_run):
   c = inv_config(classifier_run)
   _, restored = inversion.load_classifier(classifier_run, info.image_shape)

@@ -13,7 +13,7 @@ from conftest import REPO
 from PIL import Image
 
 from deconv_jax import config as config_lib
-from deconv_jax import measure, quality, sweep, train
+from deconv_jax import figures, measure, quality, sweep, train
 
 # ----------------------------------------------------------------------------
 # Statistics over seeds.
@@ -94,6 +94,7 @@ def test_checkerboard_score_rises_with_the_amplitude_of_a_stride_2_pattern(real_
     assert values[-1] > 100, (pattern, values)  # amplitude 0.3 on digits in [0, 1] is a plain checkerboard
 
 
+@pytest.mark.slow
 def test_checkerboard_score_at_initialization_follows_the_kernel_overlap(real_digits):
   """configs/gan.py's generator at initialization (seed 0), against the real digits.
 
@@ -134,7 +135,7 @@ def test_spectrum_figure_draws_a_column_per_image_set(real_digits):
   samples = {"real set": real_digits[0], "noisy": noisy[0]}
   two = sweep.spectrum_figure(spectra, samples, {"noisy": "checkerboard 3.00"}, "50 images")
   one = sweep.spectrum_figure({"real set": spectra["real set"]}, samples, {}, "50 images")
-  red = lambda image: int(np.sum(np.all(np.asarray(image) == sweep.RED * 255, axis=-1)))
+  red = lambda image: int(np.sum(np.all(np.asarray(image) == figures.RED * 255, axis=-1)))
   assert two.mode == "RGB" and two.height == one.height
   assert red(one) > 0 and red(two) == 2 * red(one)  # per column: 8 alias frames in each spectrum, 1 crop frame
 
@@ -150,6 +151,7 @@ def tiny_gan():
   return c
 
 
+@pytest.mark.slow
 def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path, classifier_run):
   config = tiny_gan()
   config.measure.classifier_workdir = classifier_run[0]
@@ -193,6 +195,7 @@ def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path
       assert image.width > 400 and image.height > 200, figure
 
 
+@pytest.mark.slow
 def test_sweep_flag_errors_are_one_line(cli, tmp_path):
   cases = [
     (["--seeds=0"], "error: --seeds=0 is not allowed: the number of seeds per variant, an integer >= 1"),

@@ -86,6 +86,7 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
   assert config_lib.load_json(os.path.join(workdir, "config.json")).model.features == (8, 16)
 
 
+@pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
   train.train_and_evaluate(small_config(), straight)
@@ -109,6 +110,7 @@ def test_a_complete_run_only_evaluates_and_says_so(tmp_path, capsys):
   assert [r["step"] for r in read_metrics(workdir, "eval")] == [20]  # no duplicate record
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_is_a_live_bar(tmp_path):
   """Under a pseudo-terminal the run draws a tqdm bar; piped (every other test) it prints one-line records."""
   args = [sys.executable, "-m", "deconv_jax.train", *SMALL, f"--workdir={tmp_path / 'run'}"]
@@ -128,6 +130,7 @@ def test_progress_on_a_terminal_is_a_live_bar(tmp_path):
   assert "step 30/30 | eval validation" in screen and "done: classifier 30 steps" in screen
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, cli):
   """SIGKILL mid-run, run the same command again: it resumes and ends where an uninterrupted run ends."""
   args = ["-m", "deconv_jax.train", *SMALL, "--config.num_train_steps=600", "--config.checkpoint_every_steps=50"]
@@ -151,6 +154,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, cli):
   assert_trees_close(p1, p2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_8_devices_give_the_1_device_parameters_and_so_does_pmap(tmp_path, cli):
   args = [*SMALL, "--config.num_train_steps=12", "--config.batch_size=64", "--config.augment.max_rotation=10"]
   args += ["--config.eval_batch_size=64", "--config.log_every_steps=4"]
@@ -169,6 +173,7 @@ def test_8_devices_give_the_1_device_parameters_and_so_does_pmap(tmp_path, cli):
   np.testing.assert_allclose(evals["one"]["accuracy"], evals["eight"]["accuracy"], atol=2 / 500)
 
 
+@pytest.mark.slow
 def test_quickstart_on_1_and_2_devices_agrees_for_25_steps(tmp_path, cli):
   # The README's "Devices and hosts": 25 steps of configs/quickstart.py agree to 1e-6, or 1e-5 of a weight, on
   # every jax CI tests (the order of float32 sums, so the rounding, differs between XLA versions); by step 100

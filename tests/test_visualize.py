@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from deconv_jax import attribution, models, visualize
+from deconv_jax import attribution, figures, models, visualize
 
 
 def test_receptive_fields_of_the_default_cnn():
@@ -20,6 +20,7 @@ def test_receptive_fields_of_the_default_cnn():
   assert [visualize.receptive_field(same, i) for i in (1, 2)] == [(5, 1, -2), (14, 2, -6)]
 
 
+@pytest.mark.slow
 @settings(max_examples=8)
 @given(
   kernel_size=st.sampled_from([3, 4, 5]),
@@ -46,6 +47,7 @@ def test_a_projection_stays_inside_the_receptive_field(kernel_size, padding, poo
     assert np.any(projections[b][inside] != 0)
 
 
+@pytest.mark.slow
 def test_projector_batches_equal_one_by_one():
   model = models.CNN(features=(6, 8), dense=(8,), num_classes=3)
   x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
@@ -72,12 +74,12 @@ def test_choose_picks_channels_whose_top_k_all_fire():
 
 
 def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image():
-  assert visualize.text("true 7\npredicted 7").shape[0] >= 2 * visualize.FONT_SIZE  # two lines at >= 15 px
+  assert figures.text("true 7\npredicted 7").shape[0] >= 2 * figures.FONT_SIZE  # two lines at >= 15 px
   images = np.zeros((3, 28, 28, 1), np.float32)
   maps = {m: np.ones((3, 28, 28, 1), np.float32) for m in attribution.METHODS}
   three = visualize.methods_figure(images, np.array([1, 2, 3]), np.array([1, 2, 4]), maps)
   two = visualize.methods_figure(images[:2], np.array([1, 2]), np.array([1, 2]), {k: v[:2] for k, v in maps.items()})
-  assert three.width == two.width and three.height - two.height == 84 + visualize.GAP  # one row of 3x-zoomed cells more
+  assert three.width == two.width and three.height - two.height == 84 + figures.GAP  # one row of 3x-zoomed cells more
 
 
 def test_top_activations_returns_every_image_with_its_label():
@@ -97,6 +99,7 @@ def trained(classifier_run):
   return classifier_run[0]
 
 
+@pytest.mark.slow
 def test_visualize_writes_the_figures(trained, cli):
   result = cli("deconv_jax.visualize", f"--workdir={trained}", "--num_channels=3", "--top_k=4", check=True)
   names = ["deconvnet_act1.png", "deconvnet_act2.png", "attribution_methods.png"]
@@ -108,6 +111,7 @@ def test_visualize_writes_the_figures(trained, cli):
   assert result.stdout.splitlines()[-1].startswith("wrote 3 figures in")
 
 
+@pytest.mark.slow
 def test_visualize_errors_are_one_line(trained, cli):
   cases = [
     (["--channels=99"], "error: --channels: channel 99 does not exist; the conv layers have (8, 16)"),

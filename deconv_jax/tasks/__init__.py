@@ -22,7 +22,7 @@ class Task(Protocol):
   """What the rest of the code uses of a task module. Each module in ``tasks/`` satisfies it (a test checks).
 
   ``state`` is the task's pytree (a flax ``TrainState`` or a ``struct.PyTreeNode``); a batch is
-  ``{"image": [B, H, W, C] float in [0, 1], "label": [B] int32}``, plus ``"mask": [B]`` (0 for padding) in eval.
+  ``{"image": [N, H, W, C] float in [0, 1], "label": [N] int32}``, plus ``"mask": [N]`` (0 for padding) in eval.
   """
 
   # The config section an error names when the model cannot take the data's images.

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax.training import train_state
 
-from deconv_jax import models, parallel, quality
-from deconv_jax.tasks import optim
+from deconv_jax import models, optimizers, parallel, quality
 
 model_section = "autoencoder"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid: a reconstruction needs inputs, which a state does not hold
@@ -50,7 +49,7 @@ def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, t
   """Initial state for images of ``info.image_shape``."""
   model = build_model(config, info.image_shape)
   params = model.init(rng, jnp.zeros((1, *info.image_shape), jnp.float32))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=optim.make(config.optimizer, total_steps))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=optimizers.make(config.optimizer, total_steps))
 
 
 def train_step(
@@ -61,16 +60,16 @@ def train_step(
   config: ml_collections.ConfigDict,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the mean squared error of reconstructing ``image`` [B, H, W, C] in [0, 1].
+  """One optimizer step on the mean squared error of reconstructing ``image`` [N, H, W, C] in [0, 1].
 
   ``rng`` and ``config`` are unused (the protocol's signature): nothing here is random.
   """
   del rng, config
-  images_BHWC = batch["image"]
+  images_NHWC = batch["image"]
 
   def loss_fn(params):
-    recon_BHWC = state.apply_fn({"params": params}, images_BHWC)
-    return jnp.mean((recon_BHWC - images_BHWC) ** 2)
+    recon_NHWC = state.apply_fn({"params": params}, images_NHWC)
+    return jnp.mean((recon_NHWC - images_NHWC) ** 2)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   grads = parallel.pmean(grads, axis_name)
@@ -82,27 +81,27 @@ def reconstruct(state: TrainState, images_NHWC: jax.Array) -> jax.Array:
   return state.apply_fn({"params": state.params}, images_NHWC)
 
 
-def reconstruction_sums(recon_BHWC: jax.Array, images_BHWC: jax.Array, mask_B: jax.Array) -> dict[str, jax.Array]:
-  """Sums over the real rows (``mask_B`` 1; 0 for padding) of per-image MSE, PSNR, SSIM, and their count.
+def reconstruction_sums(recon_NHWC: jax.Array, images_NHWC: jax.Array, mask_N: jax.Array) -> dict[str, jax.Array]:
+  """Sums over the real rows (``mask_N`` 1; 0 for padding) of per-image MSE, PSNR, SSIM, and their count.
 
   For image ``i``: ``mse_i = mean((recon_i - image_i)^2)``, ``psnr_i = quality.psnr_from_mse(mse_i)`` floored at
   `MSE_FLOOR` (data range 1, so at most 100 dB) and ``ssim_i = dm_pix.ssim(recon_i, image_i, max_val=1)``
   (needs H, W >= 11).
-  Both image batches are ``[B, H, W, C]`` in ``[0, 1]``.
+  Both image batches are ``[N, H, W, C]`` in ``[0, 1]``.
   """
-  mse_B = jnp.mean((recon_BHWC - images_BHWC) ** 2, axis=(1, 2, 3))
-  psnr_B = quality.psnr_from_mse(mse_B, mse_floor=MSE_FLOOR)
-  ssim_B = dm_pix.ssim(recon_BHWC, images_BHWC, max_val=1.0)
+  mse_N = jnp.mean((recon_NHWC - images_NHWC) ** 2, axis=(1, 2, 3))
+  psnr_N = quality.psnr_from_mse(mse_N, mse_floor=MSE_FLOOR)
+  ssim_N = dm_pix.ssim(recon_NHWC, images_NHWC, max_val=1.0)
   return {
-    "mse": jnp.sum(mse_B * mask_B),
-    "psnr": jnp.sum(psnr_B * mask_B),
-    "ssim": jnp.sum(ssim_B * mask_B),
-    "count": jnp.sum(mask_B),
+    "mse": jnp.sum(mse_N * mask_N),
+    "psnr": jnp.sum(psnr_N * mask_N),
+    "ssim": jnp.sum(ssim_N * mask_N),
+    "count": jnp.sum(mask_N),
   }
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
-  """`reconstruction_sums` of ``batch`` (``image`` [B, H, W, C], ``mask`` [B]), ``psum``-ed over ``axis_name``."""
+  """`reconstruction_sums` of ``batch`` (``image`` [N, H, W, C], ``mask`` [N]), ``psum``-ed over ``axis_name``."""
   sums = reconstruction_sums(reconstruct(state, batch["image"]), batch["image"], batch["mask"])
   return parallel.psum(sums, axis_name)
 

@@ -11,8 +11,7 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from deconv_jax import augment, models, parallel
-from deconv_jax.tasks import optim
+from deconv_jax import augment, models, optimizers, parallel, xla_cpu
 
 model_section = "model"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid
@@ -31,7 +30,7 @@ def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, t
   """Initial state for images of ``info.image_shape`` and ``info.num_classes`` classes."""
   model = build_model(config, info.num_classes)
   params = model.init(rng, jnp.zeros((1, *info.image_shape), jnp.float32))["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=optim.make(config.optimizer, total_steps))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=optimizers.make(config.optimizer, total_steps))
 
 
 def train_step(
@@ -42,38 +41,38 @@ def train_step(
   config: ml_collections.ConfigDict,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam (or other) step on ``batch`` (``image`` [B, H, W, C] float32, ``label`` [B] int32).
+  """One Adam (or other) step on ``batch`` (``image`` [N, H, W, C] float32, ``label`` [N] int32).
 
   ``rng`` is the same on every device; each image's augmentation key is folded
   from its index in the global batch, so any device split gives the same step.
   """
-  images_BHWC, labels_B = batch["image"], batch["label"]
-  offset = 0 if axis_name is None else lax.axis_index(axis_name) * images_BHWC.shape[0]
+  images_NHWC, labels_N = batch["image"], batch["label"]
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * images_NHWC.shape[0]
   aug = config.augment
   if aug.max_shift or aug.max_rotation or aug.max_scale:
-    images_BHWC = augment.augment_batch(
-      rng, images_BHWC, offset, max_shift=aug.max_shift, max_rotation=aug.max_rotation, max_scale=aug.max_scale
+    images_NHWC = augment.augment_batch(
+      rng, images_NHWC, offset, max_shift=aug.max_shift, max_rotation=aug.max_rotation, max_scale=aug.max_scale
     )
 
-  def loss_sum(params, images_BHWC, labels_B):
-    logits_BK = state.apply_fn({"params": params}, images_BHWC)
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BK, labels_B).sum(), logits_BK
+  def loss_sum(params, images_NHWC, labels_N):
+    logits_NK = state.apply_fn({"params": params}, images_NHWC)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_NK, labels_N).sum(), logits_NK
 
-  (loss, logits_BK), grads = optim.mean_and_grad(loss_sum, state.params, images_BHWC, labels_B)
+  (loss, logits_NK), grads = xla_cpu.mean_and_grad(loss_sum, state.params, images_NHWC, labels_N)
   grads = parallel.pmean(grads, axis_name)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits_BK, -1) == labels_B)}
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits_NK, -1) == labels_N)}
   return state.apply_gradients(grads=grads), parallel.pmean(metrics, axis_name)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
-  """Sums over the real rows of ``batch`` (``mask`` [B] is 0 for padding): loss, correct, count."""
-  logits_BK = state.apply_fn({"params": state.params}, batch["image"])
-  mask_B = batch["mask"]
-  losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BK, batch["label"])
+  """Sums over the real rows of ``batch`` (``mask`` [N] is 0 for padding): loss, correct, count."""
+  logits_NK = state.apply_fn({"params": state.params}, batch["image"])
+  mask_N = batch["mask"]
+  losses_N = optax.softmax_cross_entropy_with_integer_labels(logits_NK, batch["label"])
   sums = {
-    "loss": jnp.sum(losses_B * mask_B),
-    "correct": jnp.sum((jnp.argmax(logits_BK, -1) == batch["label"]) * mask_B),
-    "count": jnp.sum(mask_B),
+    "loss": jnp.sum(losses_N * mask_N),
+    "correct": jnp.sum((jnp.argmax(logits_NK, -1) == batch["label"]) * mask_N),
+    "count": jnp.sum(mask_N),
   }
   return parallel.psum(sums, axis_name)
 

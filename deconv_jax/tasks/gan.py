@@ -17,8 +17,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import models, parallel
-from deconv_jax.tasks import optim
+from deconv_jax import models, optimizers, parallel, xla_cpu
 
 model_section = "generator"  # the config section named when the model cannot take the data's images
 NUM_SAMPLES = 64  # the fixed latent batch of the sample grids
@@ -87,10 +86,10 @@ def build_discriminator(config: ml_collections.ConfigDict, info: Any) -> models.
 
 
 def _optimizers(config: ml_collections.ConfigDict, total_steps: int):
-  tx_g = optim.make(config.optimizer, total_steps)
+  tx_g = optimizers.make(config.optimizer, total_steps)
   d_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
   d_cfg.learning_rate = config.discriminator.learning_rate or config.optimizer.learning_rate
-  return tx_g, optim.make(d_cfg, total_steps)
+  return tx_g, optimizers.make(d_cfg, total_steps)
 
 
 def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, total_steps: int) -> GANState:
@@ -135,44 +134,46 @@ def train_step(
   ``axis_name``, so a step on 8 devices equals the step on one.
   """
   generator, discriminator = state.generator.clone(bn_axis_name=axis_name), state.discriminator
-  real_BHWC = to_model_range(batch["image"], generator.output_activation)
-  n = real_BHWC.shape[0]
+  real_NHWC = to_model_range(batch["image"], generator.output_activation)
+  n = real_NHWC.shape[0]
   offset = 0 if axis_name is None else lax.axis_index(axis_name) * n
-  z_BD = _latents(rng, offset, n, state.latent_dim)
-  labels_B = batch["label"] if generator.num_classes else None
+  z_NZ = _latents(rng, offset, n, state.latent_dim)
+  labels_N = batch["label"] if generator.num_classes else None
 
   def generate(g_params, batch_stats):
     g_vars = variables(g_params, batch_stats)
-    fake, updates = generator.apply(g_vars, z_BD, labels_B, train=True, mutable=["batch_stats"])
+    fake, updates = generator.apply(g_vars, z_NZ, labels_N, train=True, mutable=["batch_stats"])
     return fake, updates.get("batch_stats", {})
 
   # G runs forward once; its VJP is kept for the generator's step.
-  fake_BHWC, g_vjp, batch_stats = jax.vjp(
+  fake_NHWC, g_vjp, batch_stats = jax.vjp(
     lambda g_params: generate(g_params, state.batch_stats), state.params["generator"], has_aux=True
   )
 
   # ---- discriminator: real -> 1, fake -> 0. D has no batch statistics: its loss is a sum over
-  # examples, which optim.mean_and_grad may take in chunks.
-  def d_loss_sum(d_params, real_BHWC, fake_BHWC, labels_B):
-    real_logits = discriminator.apply({"params": d_params}, real_BHWC, labels_B)
-    fake_logits = discriminator.apply({"params": d_params}, fake_BHWC, labels_B)
+  # examples, which xla_cpu.mean_and_grad may take in chunks.
+  def d_loss_sum(d_params, real_NHWC, fake_NHWC, labels_N):
+    real_logits = discriminator.apply({"params": d_params}, real_NHWC, labels_N)
+    fake_logits = discriminator.apply({"params": d_params}, fake_NHWC, labels_N)
     loss = jnp.sum(jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits))
     return loss, (jax.nn.sigmoid(real_logits), jax.nn.sigmoid(fake_logits))
 
-  (d_loss, (d_real, d_fake)), d_grads = optim.mean_and_grad(
-    d_loss_sum, state.params["discriminator"], real_BHWC, lax.stop_gradient(fake_BHWC), labels_B
+  (d_loss, (d_real, d_fake)), d_grads = xla_cpu.mean_and_grad(
+    d_loss_sum, state.params["discriminator"], real_NHWC, lax.stop_gradient(fake_NHWC), labels_N
   )
   d_grads = parallel.pmean(d_grads, axis_name)
   d_updates, d_opt = state.tx_d.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
   d_params = optax.apply_updates(state.params["discriminator"], d_updates)
 
   # ---- generator: non-saturating, maximize log D(G(z)), through the updated D, by the chain rule:
-  # the loss's gradient in the fake images, pulled back through G by its VJP.
-  def g_loss_fn(fake_BHWC):
-    return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake_BHWC, labels_B)))
+  # the loss's gradient in the fake images, pulled back through G by its VJP (kept from G's forward pass
+  # above, so G runs once). That VJP is G's parameter gradient; G's batch norm couples its batch, so it is
+  # taken whole, as xla_cpu.mean_and_grad(..., coupled=True) would.
+  def g_loss_fn(fake_NHWC):
+    return jnp.mean(jax.nn.softplus(-discriminator.apply({"params": d_params}, fake_NHWC, labels_N)))
 
-  g_loss, d_fake_BHWC = jax.value_and_grad(g_loss_fn)(fake_BHWC)
-  (g_grads,) = g_vjp(d_fake_BHWC)
+  g_loss, g_loss_grad_NHWC = jax.value_and_grad(g_loss_fn)(fake_NHWC)
+  (g_grads,) = g_vjp(g_loss_grad_NHWC)
   g_grads = parallel.pmean(g_grads, axis_name)
   g_updates, g_opt = state.tx_g.update(g_grads, state.opt_state["generator"], state.params["generator"])
   g_params = optax.apply_updates(state.params["generator"], g_updates)
@@ -187,16 +188,16 @@ def train_step(
   return new_state, parallel.pmean(metrics, axis_name)
 
 
-def generate(state: GANState, z_ND: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
+def generate(state: GANState, z_NZ: jax.Array, labels_N: jax.Array | None = None) -> jax.Array:
   """Images ``[N, H, W, C]`` in ``[0, 1]`` from latents, in inference mode.
 
   A conditional GAN without ``labels_N`` draws the classes ``0, 1, ..., K-1, 0, ...`` in turn.
   """
   generator = state.generator
   if generator.num_classes and labels_N is None:
-    labels_N = jnp.arange(z_ND.shape[0]) % generator.num_classes
+    labels_N = jnp.arange(z_NZ.shape[0]) % generator.num_classes
   g_vars = variables(state.params["generator"], state.batch_stats)
-  images = generator.apply(g_vars, z_ND, labels_N if generator.num_classes else None)
+  images = generator.apply(g_vars, z_NZ, labels_N if generator.num_classes else None)
   return to_unit_range(images, generator.output_activation)
 
 
@@ -205,13 +206,13 @@ MEASURE_SEED = 4321  # the latents of measured samples; never those of the sampl
 
 def generate_many(state: GANState, n: int, seed: int = MEASURE_SEED, batch_size: int = 500) -> np.ndarray:
   """``n`` images ``[n, H, W, C]`` in ``[0, 1]`` from latents drawn with ``seed``, generated in batches."""
-  z_ND = sample_latents(state, n, seed)
+  z_NZ = sample_latents(state, n, seed)
   labels_N = jnp.arange(n) % state.generator.num_classes if state.generator.num_classes else None
   fn = jax.jit(generate)
   chunks = []
   for start in range(0, n, batch_size):
     labels = None if labels_N is None else labels_N[start : start + batch_size]
-    chunks.append(np.asarray(fn(state, z_ND[start : start + batch_size], labels)))
+    chunks.append(np.asarray(fn(state, z_NZ[start : start + batch_size], labels)))
   return np.concatenate(chunks)
 
 
@@ -235,19 +236,19 @@ def samples(state: GANState) -> jax.Array:
 
 def eval_step(state: GANState, batch: dict[str, jax.Array], *, axis_name: str | None = None) -> dict[str, jax.Array]:
   """The discriminator on the batch's real images and on as many fakes (fixed latents): masked sums."""
-  real_BHWC = to_model_range(batch["image"], state.generator.output_activation)
-  n = real_BHWC.shape[0]
-  mask_B = batch["mask"]
-  labels_B = batch["label"] if state.generator.num_classes else None
-  fake_BHWC = to_model_range(generate(state, sample_latents(state, n), labels_B), state.generator.output_activation)
-  real_logits = state.discriminator.apply({"params": state.params["discriminator"]}, real_BHWC, labels_B)
-  fake_logits = state.discriminator.apply({"params": state.params["discriminator"]}, fake_BHWC, labels_B)
-  losses_B = jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+  real_NHWC = to_model_range(batch["image"], state.generator.output_activation)
+  n = real_NHWC.shape[0]
+  mask_N = batch["mask"]
+  labels_N = batch["label"] if state.generator.num_classes else None
+  fake_NHWC = to_model_range(generate(state, sample_latents(state, n), labels_N), state.generator.output_activation)
+  real_logits = state.discriminator.apply({"params": state.params["discriminator"]}, real_NHWC, labels_N)
+  fake_logits = state.discriminator.apply({"params": state.params["discriminator"]}, fake_NHWC, labels_N)
+  losses_N = jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
   sums = {
-    "d_loss": jnp.sum(losses_B * mask_B),
-    "real_correct": jnp.sum((real_logits > 0) * mask_B),
-    "fake_correct": jnp.sum((fake_logits < 0) * mask_B),
-    "count": jnp.sum(mask_B),
+    "d_loss": jnp.sum(losses_N * mask_N),
+    "real_correct": jnp.sum((real_logits > 0) * mask_N),
+    "fake_correct": jnp.sum((fake_logits < 0) * mask_N),
+    "count": jnp.sum(mask_N),
   }
   return parallel.psum(sums, axis_name)
 

@@ -27,10 +27,10 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import checkpoint, models, parallel
+from deconv_jax import checkpoint, models, optimizers, parallel
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
-from deconv_jax.tasks import autoencoder, classifier, gan, optim
+from deconv_jax.tasks import autoencoder, classifier, gan
 
 eval_metrics = autoencoder.eval_metrics
 model_section = "generator"  # the config section named when the model cannot take the data's images
@@ -132,7 +132,7 @@ def create_state(config: ml_collections.ConfigDict, rng: jax.Array, info: Any, t
     )
   generator = build_generator(config, info)
   g_vars = generator.init(rng, jnp.zeros((1, sizes[layer]), jnp.float32))
-  tx = optim.make(config.optimizer, total_steps)
+  tx = optimizers.make(config.optimizer, total_steps)
   return InversionState(
     step=jnp.zeros((), jnp.int32),
     params=g_vars["params"],
@@ -163,21 +163,21 @@ def train_step(
   config: ml_collections.ConfigDict,
   axis_name: str | None = None,
 ) -> tuple[InversionState, dict[str, jax.Array]]:
-  """One optimizer step of the generator on MSE(generator(features(image)), image), images [B, H, W, C] in [0, 1].
+  """One optimizer step of the generator on MSE(generator(features(image)), image), images [N, H, W, C] in [0, 1].
 
   Batch statistics are averaged over ``axis_name``, so a step on 8 devices equals the step on one.
   ``rng`` and ``config`` are unused (the protocol's signature).
   """
   del rng, config
   generator = state.generator.clone(bn_axis_name=axis_name)
-  images_BHWC = batch["image"]
-  features_BF = features(state, images_BHWC)
+  images_NHWC = batch["image"]
+  features_NF = features(state, images_NHWC)
 
   def loss_fn(params):
     g_vars = gan.variables(params, state.batch_stats)
-    out_BHWC, updates = generator.apply(g_vars, features_BF, train=True, mutable=["batch_stats"])
-    recon_BHWC = gan.to_unit_range(out_BHWC, generator.output_activation, clip=False)
-    return jnp.mean((recon_BHWC - images_BHWC) ** 2), updates.get("batch_stats", {})
+    out_NHWC, updates = generator.apply(g_vars, features_NF, train=True, mutable=["batch_stats"])
+    recon_NHWC = gan.to_unit_range(out_NHWC, generator.output_activation, clip=False)
+    return jnp.mean((recon_NHWC - images_NHWC) ** 2), updates.get("batch_stats", {})
 
   (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = parallel.pmean(grads, axis_name)
@@ -203,6 +203,6 @@ def reconstruct(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
 def eval_step(
   state: InversionState, batch: dict[str, jax.Array], *, axis_name: str | None = None
 ) -> dict[str, jax.Array]:
-  """`autoencoder.reconstruction_sums` of ``batch`` (``image`` [B, H, W, C], ``mask`` [B]), psum-ed over axis_name."""
+  """`autoencoder.reconstruction_sums` of ``batch`` (``image`` [N, H, W, C], ``mask`` [N]), psum-ed over axis_name."""
   sums = autoencoder.reconstruction_sums(reconstruct(state, batch["image"]), batch["image"], batch["mask"])
   return parallel.psum(sums, axis_name)

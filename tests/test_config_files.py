@@ -40,6 +40,7 @@ def test_mnist_classifier_has_the_original_settings():
   assert c.model == config_lib.base().model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("mnist_classifier", (28, 28, 1)), ("cifar10_classifier", (32, 32, 3))])
 def test_tfds_config_trains_under_mock_data(tmp_path, tfds, name, shape):
   """The flax-examples check: one real config, a few real steps, on mocked TFDS records."""

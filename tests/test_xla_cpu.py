@@ -1,12 +1,16 @@
-"""The fast paths compute what the plain ones do: same values and gradients, another float order.
+"""`xla_cpu`: the fast paths compute what the plain ones do (same values and gradients, another float order),
+and `reuse_freed_memory` sets glibc's thresholds where there is glibc and is a no-op elsewhere.
 
-On CPU the steps are compiled with `ops.compiler_options` (XLA's own convolution kernels instead of
-YNNPACK's) and take a large batch's gradient in chunks (`optim.mean_and_grad`); inside
-``ops.plain_xla()`` they are traced and compiled as stock JAX would. Each check jits a new function
+On CPU the steps are compiled with `xla_cpu.compiler_options` (XLA's own convolution kernels instead of
+YNNPACK's) and take a large batch's gradient in chunks (`xla_cpu.mean_and_grad`); inside
+``xla_cpu.plain_xla()`` they are traced and compiled as stock JAX would. Each check jits a new function
 per path: jit traces inside the context.
 """
 
+import ctypes
 import re
+import subprocess
+import sys
 import types
 
 import jax
@@ -14,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deconv_jax import benchmark, ops, parallel
+from deconv_jax import benchmark, ops, parallel, train, xla_cpu
 from deconv_jax import config as config_lib
-from deconv_jax.tasks import classifier, gan, optim
+from deconv_jax.tasks import classifier, gan
 
 INFO = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
 pytestmark = pytest.mark.skipif(
@@ -25,9 +29,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def _both_paths(fn, *args):
-  fast = jax.jit(lambda *a: fn(*a), compiler_options=ops.compiler_options("cpu"))(*args)
-  with ops.plain_xla():
-    plain = jax.jit(lambda *a: fn(*a), compiler_options=ops.compiler_options("cpu"))(*args)
+  fast = jax.jit(lambda *a: fn(*a), compiler_options=xla_cpu.compiler_options("cpu"))(*args)
+  with xla_cpu.plain_xla():
+    plain = jax.jit(lambda *a: fn(*a), compiler_options=xla_cpu.compiler_options("cpu"))(*args)
   return fast, plain
 
 
@@ -71,7 +75,7 @@ def _library_fused_convolutions(hlo):
 
 # jaxlib 0.10's XLA:CPU hands convolutions to YNNPACK unless told otherwise; older ones (Colab's 0.7.2) have
 # neither YNNPACK fusions nor the option, and the steps compile with XLA's defaults there.
-CPU_OPTIONS_KNOWN = ops._cpu_options_accepted()
+CPU_OPTIONS_KNOWN = xla_cpu.cpu_options_supported()
 needs_cpu_options = pytest.mark.skipif(
   not CPU_OPTIONS_KNOWN,
   reason=f"jaxlib {jax.lib.__version__}'s XLA:CPU has no YNNPACK fusions and no option to choose them",
@@ -85,22 +89,22 @@ def test_jaxlib_0_10_and_later_know_the_cpu_options():
 
 
 def test_cpu_options_are_used_on_cpu_only_and_by_the_train_steps():
-  options = ops.compiler_options("cpu")
+  options = xla_cpu.compiler_options("cpu")
   assert options == (
     {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
     if CPU_OPTIONS_KNOWN
     else None
   )
-  assert ops.compiler_options("gpu") is None and ops.compiler_options("tpu") is None
-  with ops.plain_xla():
-    assert ops.compiler_options("cpu") is None
+  assert xla_cpu.compiler_options("gpu") is None and xla_cpu.compiler_options("tpu") is None
+  with xla_cpu.plain_xla():
+    assert xla_cpu.compiler_options("cpu") is None
   # The train steps are compiled with them.
   assert parallel.DataParallel()._compiler_options() == options
 
 
 @needs_cpu_options
 def test_cpu_options_give_every_convolution_to_xla():
-  hlo = _conv_hlo(ops.compiler_options("cpu"))
+  hlo = _conv_hlo(xla_cpu.compiler_options("cpu"))
   assert hlo.count(" convolution(") == 3  # forward, input and kernel gradient
   assert not _library_fused_convolutions(hlo)
 
@@ -133,7 +137,7 @@ def test_mean_and_grad_in_chunks_equals_the_whole_batch(batch):
     logits = jnp.tanh(x @ w)
     return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(x.shape[0]), labels]), logits
 
-  chunked = lambda w, x, y: optim.mean_and_grad(loss_sum, w, x, y, None)
+  chunked = lambda w, x, y: xla_cpu.mean_and_grad(loss_sum, w, x, y, None)
   fast, plain = _both_paths(chunked, w, x, labels)
   assert fast[0][1].shape == (batch, 3)
   assert "optimization_barrier" in str(jax.make_jaxpr(chunked)(w, x, labels))  # it did take chunks
@@ -161,12 +165,14 @@ def _step_grads_and_metrics(task, config, batch_size):
   return _both_paths(step, state, batch)
 
 
+@pytest.mark.slow
 def test_classifier_step_in_chunks_equals_the_plain_step():
   (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(classifier, config_lib.base(), 72)
   _assert_trees_close(metrics, plain_metrics)
   _assert_trees_close(grads, plain_grads, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["peers_dcgan", "configs_gan"])
 def test_gan_step_equals_the_plain_step(name):
   config = benchmark.peers_dcgan_config() if name == "peers_dcgan" else benchmark.gan_config()
@@ -174,3 +180,47 @@ def test_gan_step_equals_the_plain_step(name):
   (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(gan, config, 72)
   _assert_trees_close(metrics, plain_metrics)
   _assert_trees_close(grads, plain_grads, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- host memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_sets_both_thresholds_on_glibc_once():
+  # In a fresh process: the setting is per process and cached.
+  code = (
+    "from deconv_jax import xla_cpu; "
+    "print(xla_cpu.reuse_freed_memory(), xla_cpu.reuse_freed_memory(), xla_cpu.reuse_freed_memory.cache_info().misses)"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+  assert out == ["True", "True", "1"]
+
+
+def test_without_a_c_library_it_changes_nothing(monkeypatch):
+  def no_libc(*args, **kwargs):
+    raise OSError("no libc here")
+
+  monkeypatch.setattr(ctypes, "CDLL", no_libc)
+  xla_cpu.reuse_freed_memory.cache_clear()
+  try:
+    assert xla_cpu.reuse_freed_memory() is False
+  finally:
+    xla_cpu.reuse_freed_memory.cache_clear()
+
+
+def test_off_linux_it_changes_nothing(monkeypatch):
+  monkeypatch.setattr(sys, "platform", "darwin")
+  xla_cpu.reuse_freed_memory.cache_clear()
+  try:
+    assert xla_cpu.reuse_freed_memory() is False
+  finally:
+    xla_cpu.reuse_freed_memory.cache_clear()
+
+
+def test_train_sets_it_before_any_work(monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(xla_cpu, "reuse_freed_memory", lambda: calls.append("set"))
+  monkeypatch.setattr(train.tasks, "get", lambda name: (_ for _ in ()).throw(RuntimeError("stop here")))
+  with pytest.raises(RuntimeError, match="stop here"):
+    train.train_and_evaluate(config_lib.base(), str(tmp_path))
+  assert calls == ["set"]
