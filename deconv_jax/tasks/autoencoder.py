@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax.training import train_state
 
-from deconv_jax import models, optimizers, parallel, quality
+from deconv_jax import models, optimizers, parallel, quality, xla_cpu
 
 model_section = "autoencoder"  # the config section named when the model cannot take the data's images
 samples = None  # no sample grid: a reconstruction needs inputs, which a state does not hold
@@ -67,11 +67,11 @@ def train_step(
   del rng, config
   images_NHWC = batch["image"]
 
-  def loss_fn(params):
+  def loss_sum(params, images_NHWC):  # per-image mean squared error, summed over the batch
     recon_NHWC = state.apply_fn({"params": params}, images_NHWC)
-    return jnp.mean((recon_NHWC - images_NHWC) ** 2)
+    return jnp.sum(jnp.mean((recon_NHWC - images_NHWC) ** 2, axis=(1, 2, 3))), None
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, _), grads = xla_cpu.mean_and_grad(loss_sum, state.params, images_NHWC)
   grads = parallel.pmean(grads, axis_name)
   return state.apply_gradients(grads=grads), parallel.pmean({"loss": loss}, axis_name)
 

@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import checkpoint, models, optimizers, parallel
+from deconv_jax import checkpoint, models, optimizers, parallel, xla_cpu
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, classifier, gan
@@ -173,13 +173,14 @@ def train_step(
   images_NHWC = batch["image"]
   features_NF = features(state, images_NHWC)
 
-  def loss_fn(params):
+  def loss_sum(params, features_NF, images_NHWC):  # per-image mean squared error, summed over the batch
     g_vars = gan.variables(params, state.batch_stats)
     out_NHWC, updates = generator.apply(g_vars, features_NF, train=True, mutable=["batch_stats"])
     recon_NHWC = gan.to_unit_range(out_NHWC, generator.output_activation, clip=False)
-    return jnp.mean((recon_NHWC - images_NHWC) ** 2), updates.get("batch_stats", {})
+    return jnp.sum(jnp.mean((recon_NHWC - images_NHWC) ** 2, axis=(1, 2, 3))), updates.get("batch_stats", {})
 
-  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Batch norm in training mode couples the batch: it is never split.
+  (loss, batch_stats), grads = xla_cpu.mean_and_grad(loss_sum, state.params, features_NF, images_NHWC, coupled=True)
   grads = parallel.pmean(grads, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
