@@ -3,11 +3,11 @@ r"""A convolutional autoencoder whose decoder is the encoder's adjoint (tied), o
 Encoder: Conv32-Conv64 (4x4, stride 2, SAME; 28 -> 14 -> 7) and a linear Dense bottleneck of 32.
 Tied, the decoder owns biases only: its Dense is the bottleneck kernel transposed and its layers are
 ``ops.deconv2d`` (the VJP of the conv) with the encoder's kernels; sigmoid output, mean squared
-error. About 5 epochs (704 steps, about a minute on 2 CPU cores); measured on the 500 validation
-digits: PSNR 21.7 dB, SSIM 0.915. ``--config.autoencoder.latent_dim=0`` drops the bottleneck (the
-code is then 7x7x64, larger than the image: 31.2 dB). ``--config.autoencoder.tied=False`` gives the
-decoder its own transposed-conv kernels: 29.3 dB without the bottleneck; with it, the run measured
-here got stuck early at an all-black image (sigmoid saturated, MSE 0.116).
+error, about 5 epochs (704 steps); its PSNR and SSIM on the 500 validation digits are in the README,
+"Measured figures". ``--config.autoencoder.latent_dim=0`` drops the bottleneck (the code is then 7x7x64,
+larger than the image: 31.2 dB). ``--config.autoencoder.tied=False`` gives the decoder its own
+transposed-conv kernels: 29.3 dB without the bottleneck; with it, the run measured here got stuck early at
+an all-black image (sigmoid saturated, MSE 0.116).
 
   python -m deconv_jax.train --config configs/autoencoder.py --workdir workdirs/autoencoder
 """

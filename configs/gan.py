@@ -5,7 +5,7 @@ loss), sized for a 2-core CPU; G takes the class as a one-hot, D is a projection
 ``--config.generator.conditional=False`` trains the unconditional GAN. Sample grids go to
 ``WORKDIR/samples/`` (one class per column); measure the result with the quickstart classifier
 (``measure.classifier_workdir``; train it first with ``python -m deconv_jax.train``) against the real
-MNIST test set, as the README does (classifier score 9.19, FID 10.0 there):
+MNIST test set, as the README's "Measured figures" do:
 
   python -m deconv_jax.train --config configs/gan.py --workdir workdirs/gan
   python -m deconv_jax.evaluate --workdir workdirs/gan \

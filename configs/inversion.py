@@ -4,8 +4,8 @@ A transposed-conv generator (``config.generator``: Dense to 7x7x128, Deconv64-De
 batch norm, tanh) learns to map the frozen classifier's ``pool2`` features (5x5x64, flattened) back
 to the 28x28 image, by mean squared error. Any layer of the classifier can be inverted:
 ``--config.inversion.layer=act1`` ... ``hidden1``, ``logits``. Eval reports the MSE, PSNR and SSIM of
-the validation reconstructions; with the quickstart classifier, after 10 epochs (1407 steps, 2 min 20 s wall
-on 2 CPU cores): PSNR 24.15 dB, SSIM 0.952 from pool2. Train the classifier first, then the inversion:
+the validation reconstructions (the README's "Measured figures" has them for 10 epochs from pool2). Train
+the classifier first, then the inversion:
 
   python -m deconv_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
   python -m deconv_jax.train --config configs/inversion.py --workdir workdirs/inversion
