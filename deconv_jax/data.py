@@ -342,11 +342,12 @@ def import_tfds() -> Any:
   `DataError` saying why it cannot be imported here."""
   try:
     # tfds imports its protos lazily and, when they fail, prints a traceback and goes on without `builder`;
-    # importing them first fails cleanly. They fail where protobuf is older than the code tensorflow-metadata
-    # was generated with, as in Colab's published CPU and GPU runtimes (constraints-colab.txt).
+    # importing them first fails cleanly (a call, so that import sorting cannot move it after tfds). They fail
+    # where protobuf is older than the code tensorflow-metadata was generated with, as in Colab's published
+    # CPU and GPU runtimes (constraints-colab.txt).
+    importlib.import_module("tensorflow_metadata.proto.v0.schema_pb2")
     import tensorflow_datasets as tfds
     from tensorflow_datasets import core  # noqa: F401
-    from tensorflow_metadata.proto.v0 import schema_pb2  # noqa: F401
   except Exception as e:
     message = " ".join(str(e).split()).split(". ")[0]
     raise DataError(

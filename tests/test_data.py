@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import builtins
 import gzip
 import hashlib
 import math
 import os
 import struct
+import subprocess
+import sys
 import time
 
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO
 
 from deconv_jax import data
 
@@ -200,27 +202,41 @@ def test_tfds_unknown_name(tfds):
     data.get_info(dataset_cfg(source="tfds", name="no_such_set"), "train")
 
 
-def test_tfds_that_cannot_be_imported_is_a_one_line_error(monkeypatch):
-  # What Colab's published CPU and GPU runtimes do (protobuf 5.29.6, tensorflow-metadata 1.21.0), simulated.
-  real_import = builtins.__import__
+def test_tfds_that_cannot_be_imported_is_one_line_and_nothing_else(tmp_path):
+  # What Colab's published CPU and GPU runtimes do (protobuf 5.29.6 under tensorflow-metadata 1.21.0's protos),
+  # simulated in every environment: a tensorflow_metadata whose protos raise what protobuf raises there.
+  protos = tmp_path / "shadow" / "tensorflow_metadata" / "proto" / "v0"
+  protos.mkdir(parents=True)
+  for package in (protos.parent.parent, protos.parent, protos):
+    (package / "__init__.py").write_text("")
   version_error = (
     "Detected incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: "
     "gencode 6.31.1 runtime 5.29.6. Runtime version cannot be older than the linked gencode version."
   )
-
-  def protobuf_too_old(name, *args, **kwargs):
-    if name.startswith("tensorflow_metadata"):
-      raise RuntimeError(version_error)
-    return real_import(name, *args, **kwargs)
-
-  monkeypatch.setattr(builtins, "__import__", protobuf_too_old)
-  with pytest.raises(data.DataError) as e:
-    data.get_info(dataset_cfg(source="tfds", name="mnist"), "train")
-  assert str(e.value) == (
-    "config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here (RuntimeError: Detected "
-    "incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: gencode "
-    "6.31.1 runtime 5.29.6); for a protobuf version error: pip install -U protobuf"
+  for proto in ("schema_pb2", "anomalies_pb2", "statistics_pb2"):
+    (protos / f"{proto}.py").write_text(f"raise RuntimeError({version_error!r})\n")
+  env_path = os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "deconv_jax.train",
+      "--config",
+      "configs/mnist_classifier.py",
+      f"--workdir={tmp_path / 'run'}",
+    ],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=env_path, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
+  assert result.returncode == 2
+  assert result.stderr.splitlines() == [
+    "error: config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here (RuntimeError: "
+    "Detected incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: "
+    "gencode 6.31.1 runtime 5.29.6); for a protobuf version error: pip install -U protobuf"
+  ], result.stderr  # tfds's own traceback first would be a second line
 
 
 # ------------------------------------------------------------------ train loader
