@@ -147,6 +147,23 @@ def test_mean_and_grad_in_chunks_equals_the_whole_batch(batch):
   _assert_trees_close(plain[1], jax.grad(mean)(w))
 
 
+def test_mean_and_grad_never_splits_a_coupled_batch():
+  # Batch norm in training mode: each example's loss depends on the whole batch, so chunks would change it.
+  kx, kw = jax.random.split(jax.random.key(3))
+  x, w = jax.random.normal(kx, (64, 6)), jax.random.normal(kw, (6, 3))
+
+  def loss_sum(w, x):
+    h = x @ w
+    h = (h - h.mean(0)) / (h.std(0) + 1e-5)  # normalized over the batch
+    return jnp.sum(jnp.tanh(h) ** 2), {"mean": h.mean(0)}  # aux without a batch axis, as batch statistics
+
+  coupled = lambda w, x: xla_cpu.mean_and_grad(loss_sum, w, x, coupled=True)
+  assert "optimization_barrier" not in str(jax.make_jaxpr(coupled)(w, x))  # one piece
+  (loss, aux), grads = jax.jit(coupled, compiler_options=xla_cpu.compiler_options("cpu"))(w, x)
+  (whole, whole_aux), whole_grads = jax.value_and_grad(loss_sum, has_aux=True)(w, x)
+  _assert_trees_close((loss, aux, grads), (whole / 64, whole_aux, jax.tree.map(lambda g: g / 64, whole_grads)))
+
+
 def _step_grads_and_metrics(task, config, batch_size):
   state = task.create_state(config, jax.random.key(0), INFO, total_steps=10)
   rng = np.random.default_rng(0)
