@@ -143,7 +143,7 @@ class DataParallel:
     Returns ``step(state, local_batch, rng) -> (state, metrics)``: the new state stays placed,
     the metrics come back as this process's copy.
     """
-    compiled = self._compile(fn, 3, donate_state=True)
+    compiled = self.compile_train_step(fn)
     if self.kind == "pmap":
       return lambda state, batch, rng: compiled(state, self.put_batch(batch), rng)
 
@@ -152,6 +152,11 @@ class DataParallel:
       return state, self._local(metrics)
 
     return step
+
+  def compile_train_step(self, fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+    """The program `train_step` runs, on a batch already placed by `put_batch`: ``(state, batch, rng) -> (state,
+    metrics)``, the metrics as every device has them. For timing a step apart from its input."""
+    return self._compile(fn, 3, donate_state=True)
 
   def eval_step(self, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn(state, batch, *, axis_name) -> sums``, compiled: ``step(state, local_batch) -> sums`` (this process's)."""

@@ -59,7 +59,7 @@ def fast_paths() -> bool:
 # XLA:CPU hands each convolution, dot and reduction to a library: in jaxlib 0.10 YNNPACK takes all three
 # (fusion types INDIVIDUAL_CONVOLUTION, INDIVIDUAL_DOT, REDUCE), else XLA's own Eigen kernels run them. On the
 # classifier's and the DCGAN's convolutions YNNPACK ran the forward pass and both gradients slower than Eigen
-# (`python -m deconv_jax.benchmark --only=conv_library` measures it), so the fast path keeps YNNPACK for dots
+# (`python -m deconv_jax.experiments.speed --only=conv_library` measures it), so the fast path keeps YNNPACK for dots
 # and reductions and gives convolutions back to XLA. jaxlib 0.7 (Colab's) has neither YNNPACK nor the option.
 _CPU_COMPILER_OPTIONS = {
   "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
@@ -93,7 +93,7 @@ def cpu_options_supported() -> bool:
 
 # Images per gradient chunk on CPU: the forward and backward maps of 32 of the classifier's 28x28 images stay
 # in cache, and its batch-256 step ran faster in chunks of 32 than whole; 128 tied 32 and larger chunks were
-# slower (`python -m deconv_jax.benchmark --only=train_step`, with CPU_CHUNK edited, measures it).
+# slower (`python -m deconv_jax.experiments.speed --only=train_step`, with CPU_CHUNK edited, measures it).
 CPU_CHUNK = 32
 
 
@@ -148,7 +148,7 @@ def reuse_freed_memory() -> bool:
 
   Changes how memory is obtained, never what is computed. `train.train_and_evaluate` and the
   benchmark call it: it made the classifier's batch-256 step and the DCGAN step faster on CPU
-  (`python -m deconv_jax.benchmark --only=train_step` measures it).
+  (`python -m deconv_jax.experiments.speed --only=train_step` measures it).
   """
   if not sys.platform.startswith("linux"):
     return False

@@ -28,8 +28,21 @@ FLOORS = [
   ["measure"],
   ["eval_loop"],
   ["cli"],
-  ["train", "evaluate", "visualize", "benchmark"],  # the commands: nothing imports them, except
-  ["sweep"],  # a driver, like a notebook: it runs train once per variant
+  ["train", "evaluate", "visualize"],  # the commands: nothing imports them, except an experiment
+  # The experiments, on top of everything: the library never imports them.
+  [
+    *("experiments", "experiments.speed", "experiments.speed.timing"),
+    *("experiments.upsampling", "experiments.upsampling.stats", "experiments.upsampling.variants"),
+    "experiments.upsampling.figures",
+  ],
+  [
+    *("experiments.speed.train_steps", "experiments.speed.primitives"),
+    *("experiments.upsampling.checkerboard_check", "experiments.upsampling.report"),
+  ],
+  ["experiments.speed.op_profile"],
+  # The experiments' commands; the up-sampling study is a driver, like a notebook: it runs train once per variant.
+  ["experiments.speed.benchmark", "experiments.upsampling.study"],
+  ["experiments.speed.__main__", "experiments.upsampling.__main__"],
 ]
 PACKAGE = pathlib.Path(REPO) / "deconv_jax"
 

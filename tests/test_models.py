@@ -527,10 +527,10 @@ def test_out_strides_2_makes_the_output_layer_up_sample(upsample):
 
 def test_peers_dcgan_has_the_peers_layers():
   """peers_dcgan_config: G Dense 7x7x128, ConvT 64 4x4 s2, ConvT 1 4x4 s2; D Conv 64, Conv 128 4x4 s2, Dense 1."""
-  from deconv_jax import benchmark
+  from deconv_jax.experiments.speed import train_steps
   from deconv_jax.tasks import gan
 
-  config = benchmark.peers_dcgan_config()
+  config = train_steps.peers_dcgan_config()
   info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
   state = jax.eval_shape(lambda r: gan.create_state(config, r, info, 1), jax.random.key(0))
   shapes = jax.tree.map(lambda a: a.shape, state.params)

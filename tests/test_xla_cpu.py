@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deconv_jax import benchmark, ops, parallel, train, xla_cpu
 from deconv_jax import config as config_lib
+from deconv_jax import ops, parallel, train, xla_cpu
+from deconv_jax.experiments.speed import train_steps
 from deconv_jax.tasks import classifier, gan
 
 INFO = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
@@ -192,7 +193,7 @@ def test_classifier_step_in_chunks_equals_the_plain_step():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["peers_dcgan", "configs_gan"])
 def test_gan_step_equals_the_plain_step(name):
-  config = benchmark.peers_dcgan_config() if name == "peers_dcgan" else benchmark.gan_config()
+  config = train_steps.peers_dcgan_config() if name == "peers_dcgan" else train_steps.project_gan_config()
   config.generator.features, config.discriminator.features = (8,) * len(config.generator.features), (8, 16)
   (grads, metrics), (plain_grads, plain_metrics) = _step_grads_and_metrics(gan, config, 72)
   _assert_trees_close(metrics, plain_metrics)

@@ -107,7 +107,7 @@ def conv_kernel_grad(
   depend on ``k`` (the conv is linear in it). In 1-D and 2-D it is XLA's own gradient; a 3-D one
   is the sum of 2-D ones, one per depth offset of the kernel, with the depth axis folded into
   the batch: the same values, many times faster on XLA:CPU than its 3-D convolution
-  (``python -m deconv_jax.benchmark --only=deconv3d_kernel_grad`` measures it).
+  (``python -m deconv_jax.experiments.speed --only=deconv3d_kernel_grad`` measures it).
   """
   n = x.ndim - 2
   strides, dilation = as_tuple(strides, n, "strides"), as_tuple(dilation, n, "dilation")

@@ -25,7 +25,7 @@ def max_pool(x: jax.Array, window: IntOrPair = 2, strides: IntOrPair | None = No
   tangent where that view holds the window's first maximum (compares and selects, whose transpose
   is elementwise too). The same values and gradient as ``lax.reduce_window``, without XLA's
   select-and-scatter (many times faster on XLA:CPU:
-  ``python -m deconv_jax.benchmark --only=max_pool_grad``). Trailing rows/columns that fill
+  ``python -m deconv_jax.experiments.speed --only=max_pool_grad``). Trailing rows/columns that fill
   no window are dropped, as with VALID. Overlapping windows use ``lax.reduce_window``, whose
   select-and-scatter keeps the first maximum too.
   """

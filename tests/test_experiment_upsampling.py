@@ -1,4 +1,4 @@
-"""The up-sampling sweep: statistics over seeds on hand-made numbers, the checkerboard score on generators and
+"""The up-sampling study: statistics over seeds on hand-made numbers, the checkerboard score on generators and
 images whose artifacts are known, the figures, and a tiny two-seed sweep end to end."""
 
 import itertools
@@ -13,7 +13,9 @@ from conftest import REPO
 from PIL import Image
 
 from deconv_jax import config as config_lib
-from deconv_jax import figures, measure, quality, sweep, train
+from deconv_jax import figures, measure, quality, train
+from deconv_jax.experiments.upsampling import checkerboard_check, stats, study, variants
+from deconv_jax.experiments.upsampling import figures as study_figures
 
 # ----------------------------------------------------------------------------
 # Statistics over seeds.
@@ -21,18 +23,18 @@ from deconv_jax import figures, measure, quality, sweep, train
 
 
 def test_summarize_gives_the_sample_standard_deviation():
-  assert sweep.summarize([1, 2, 3]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}  # ddof=1: sqrt(2 / 2)
-  assert sweep.summarize([4.0]) == {"mean": 4.0, "std": None, "values": [4.0]}
-  assert sweep.mean_std(sweep.summarize([1, 2, 3]), 1) == "2.0 ± 1.0"
-  assert sweep.mean_std(sweep.summarize([4.0]), 2) == "4.00"
+  assert stats.summarize([1, 2, 3]) == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}  # ddof=1: sqrt(2 / 2)
+  assert stats.summarize([4.0]) == {"mean": 4.0, "std": None, "values": [4.0]}
+  assert stats.mean_std(stats.summarize([1, 2, 3]), 1) == "2.0 ± 1.0"
+  assert stats.mean_std(stats.summarize([4.0]), 2) == "4.00"
   with pytest.raises(ValueError, match="no values"):
-    sweep.summarize([])
+    stats.summarize([])
 
 
 def test_paired_comparison_on_hand_made_numbers():
   # Differences 1, 1, 1, 0.5: mean 0.875, sample sd 0.25, so t = 0.875 / (0.25 / sqrt(4)) = 7, with 3 degrees of
   # freedom.
-  found = sweep.paired_comparison([1, 2, 3, 4], [0, 1, 2, 3.5])
+  found = stats.paired_comparison([1, 2, 3, 4], [0, 1, 2, 3.5])
   # Student's t with 3 degrees of freedom in closed form: P(|T| > t) = 1 - (2 / pi) (x / (1 + x^2) + atan x),
   # x = t / sqrt(3).
   x = 7 / math.sqrt(3)
@@ -41,36 +43,36 @@ def test_paired_comparison_on_hand_made_numbers():
   assert found["p"] == pytest.approx(p, rel=1e-9) and p == pytest.approx(0.00599, abs=1e-5)
   assert found["verdict"] == "exceeds spread"
   # Differences -0.5, 1, -0.2: mean 0.1 against a spread of 0.79.
-  within = sweep.paired_comparison([1, 2, 3], [1.5, 1.0, 3.2])
+  within = stats.paired_comparison([1, 2, 3], [1.5, 1.0, 3.2])
   assert within["difference"] == pytest.approx(0.1) and within["p"] > 0.5 and within["verdict"] == "within spread"
 
 
 def test_paired_comparison_without_spread():
-  one = sweep.paired_comparison([3.0], [1.0])
+  one = stats.paired_comparison([3.0], [1.0])
   assert one == {"difference": 2.0, "t": None, "df": None, "p": None, "verdict": "n/a: one seed"}
-  same = sweep.paired_comparison([2, 3], [1, 2])  # every difference 1: scipy would say nan
+  same = stats.paired_comparison([2, 3], [1, 2])  # every difference 1: scipy would say nan
   assert (same["t"], same["p"], same["verdict"]) == (math.inf, 0.0, "exceeds spread")
-  assert sweep.paired_comparison([2, 3], [2, 3])["p"] == 1.0
+  assert stats.paired_comparison([2, 3], [2, 3])["p"] == 1.0
   with pytest.raises(ValueError, match="equal-length"):
-    sweep.paired_comparison([1, 2], [1])
+    stats.paired_comparison([1, 2], [1])
 
 
-def test_comparisons_are_the_readme_pairs_among_the_swept_variants():
-  pairs = sweep.comparisons(list(sweep.VARIANTS))
+def test_comparisons_are_the_study_pairs_among_the_swept_variants():
+  pairs = variants.comparisons(list(variants.VARIANTS))
   assert ("transpose_k3", "transpose_k4") in pairs and ("transpose_k5", "transpose_k4") in pairs
   assert ("resize_conv_nearest_k3", "transpose_k3") in pairs
-  assert {a for a, b in pairs if b == "transpose_k4"} == set(sweep.VARIANTS) - {"transpose_k4"}
-  assert sweep.comparisons(["subpixel_k3", "transpose_k4"]) == [("subpixel_k3", "transpose_k4")]
-  assert sweep.comparisons(["transpose_k3", "subpixel_k3"]) == []
+  assert {a for a, b in pairs if b == "transpose_k4"} == set(variants.VARIANTS) - {"transpose_k4"}
+  assert variants.comparisons(["subpixel_k3", "transpose_k4"]) == [("subpixel_k3", "transpose_k4")]
+  assert variants.comparisons(["transpose_k3", "subpixel_k3"]) == []
 
 
 @pytest.mark.parametrize("bad", [0, -2, "x", 2.5, True])
 def test_seeds_must_be_a_positive_integer(bad):
   config = config_lib.base()
   config.seed = 3
-  assert sweep.seeds_of(config, 2) == [3, 4]
+  assert study.seeds_of(config, 2) == [3, 4]
   with pytest.raises(config_lib.ConfigError, match=rf"^--seeds={bad} is not allowed: .* an integer >= 1"):
-    sweep.seeds_of(config, bad)
+    study.seeds_of(config, bad)
 
 
 # ----------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def real_digits():
 
 
 def test_checkerboard_score_rises_with_the_amplitude_of_a_stride_2_pattern(real_digits):
-  scores = sweep.pattern_scores(real_digits, (0.0, 0.01, 0.03, 0.1, 0.3))
+  scores = checkerboard_check.pattern_scores(real_digits, (0.0, 0.01, 0.03, 0.1, 0.3))
   assert list(scores) == ["(-1)^(i+j)", "(-1)^i"]
   for pattern, values in scores.items():
     assert values[0] == pytest.approx(1.0), pattern
@@ -107,7 +109,7 @@ def test_checkerboard_score_at_initialization_follows_the_kernel_overlap(real_di
   """
   config = config_lib.load_config_file(os.path.join(REPO, "configs", "gan.py"))
   names = ["transpose_k4", "transpose_k3", "transpose_k5", "resize_conv_nearest_k3"]
-  found = sweep.init_checkerboard(config, names, [0], real_digits, num_images=200)
+  found = checkerboard_check.init_checkerboard(config, names, [0], real_digits, num_images=200)
   equal = {name: found[name]["equal"]["mean"] for name in names}
   random = {name: found[name]["random"]["mean"] for name in names}
   assert equal["transpose_k3"] > 50 * equal["transpose_k4"], equal
@@ -122,7 +124,7 @@ def test_checkerboard_score_at_initialization_follows_the_kernel_overlap(real_di
 
 
 def test_centred_spectrum_is_symmetric_with_the_alias_bins_on_its_edges():
-  mask = sweep._centred(quality.alias_mask(8, 8))
+  mask = study_figures._centred(quality.alias_mask(8, 8))
   assert mask.shape == (9, 9) and not mask[4, 4]  # DC in the middle
   np.testing.assert_array_equal(mask, mask[::-1, ::-1])
   assert sorted(zip(*np.nonzero(mask))) == [(0, 0), (0, 4), (0, 8), (4, 0), (4, 8), (8, 0), (8, 4), (8, 8)]
@@ -133,8 +135,8 @@ def test_spectrum_figure_draws_a_column_per_image_set(real_digits):
   noisy = np.clip(real_digits[:50] + 0.2 * rng.standard_normal(real_digits[:50].shape), 0, 1)
   spectra = {"real set": quality.power_spectrum(real_digits), "noisy": quality.power_spectrum(noisy)}
   samples = {"real set": real_digits[0], "noisy": noisy[0]}
-  two = sweep.spectrum_figure(spectra, samples, {"noisy": "checkerboard 3.00"}, "50 images")
-  one = sweep.spectrum_figure({"real set": spectra["real set"]}, samples, {}, "50 images")
+  two = study_figures.spectrum_figure(spectra, samples, {"noisy": "checkerboard 3.00"}, "50 images")
+  one = study_figures.spectrum_figure({"real set": spectra["real set"]}, samples, {}, "50 images")
   red = lambda image: int(np.sum(np.all(np.asarray(image) == figures.RED * 255, axis=-1)))
   assert two.mode == "RGB" and two.height == one.height
   assert red(one) > 0 and red(two) == 2 * red(one)  # per column: 8 alias frames in each spectrum, 1 crop frame
@@ -157,10 +159,10 @@ def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path
   config.measure.classifier_workdir = classifier_run[0]
   # A run of the single-seed layout: the variant's directory itself holds the run (of seed 0).
   old = tmp_path / "transpose_k4"
-  train.train_and_evaluate(sweep.variant_config(config, "transpose_k4"), str(old))
+  train.train_and_evaluate(variants.variant_config(config, "transpose_k4"), str(old))
   trained = (old / "metrics.jsonl").read_text()
 
-  table = sweep.sweep(config, str(tmp_path), ["transpose_k4", "subpixel_k3"], num_seeds=2)
+  table = study.sweep(config, str(tmp_path), ["transpose_k4", "subpixel_k3"], num_seeds=2)
 
   moved = tmp_path / "transpose_k4" / "seed_0"
   assert not (old / "config.json").exists() and (moved / "config.json").exists()
@@ -186,7 +188,8 @@ def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path
   difference = fid["mean"] - results["variants"]["transpose_k4"]["fid"]["mean"]
   assert f"| subpixel_k3 vs transpose_k4 | FID | {difference:+.1f} |" in table
   check = results["checkerboard_check"]
-  assert check["amplitudes"] == list(sweep.AMPLITUDES) and set(check["init"]) == {"transpose_k4", "subpixel_k3"}
+  assert check["amplitudes"] == list(checkerboard_check.AMPLITUDES)
+  assert set(check["init"]) == {"transpose_k4", "subpixel_k3"}
   assert all(a < b for values in check["patterns"].values() for a, b in itertools.pairwise(values))
   assert "| a · (-1)^(i+j) | 1.00 |" in table
   assert (tmp_path / "results.md").read_text().strip() == table
@@ -202,6 +205,6 @@ def test_sweep_flag_errors_are_one_line(cli, tmp_path):
     (["--variants=transpose_k4,deconv"], "error: --variants=transpose_k4,deconv: allowed variants, each at most once"),
   ]
   for args, message in cases:
-    result = cli("deconv_jax.sweep", f"--workdir={tmp_path}", *args)
+    result = cli("deconv_jax.experiments.upsampling", f"--workdir={tmp_path}", *args)
     assert result.returncode == 2, (args, result.stderr)
     assert result.stderr.strip().splitlines()[-1].startswith(message), (args, result.stderr)

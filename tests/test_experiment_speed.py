@@ -1,4 +1,4 @@
-"""The benchmark command runs and reports well-formed numbers (tiny settings: this checks plumbing, not speed)."""
+"""The speed experiment runs and reports well-formed numbers (tiny settings: this checks plumbing, not speed)."""
 
 import json
 import math
@@ -10,7 +10,9 @@ import sys
 import jax
 import pytest
 
-from deconv_jax import benchmark, xla_cpu
+from deconv_jax import config as config_lib
+from deconv_jax import xla_cpu
+from deconv_jax.experiments.speed import op_profile, primitives, timing, train_steps
 
 PLATFORM_KEYS = {"backend", "devices"}
 PEERS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "bench", "peers")
@@ -30,7 +32,7 @@ PEERS_FIELDS |= {"train_flops_per_image", "achieved_gflops", "versions", "python
 
 @pytest.mark.slow
 def test_train_step_records_follow_the_peers_protocol():
-  records = benchmark.train_step_benchmark("seedcnn", 8, repeats=2, target_s=0.01)  # the default CNN with Adam
+  records = train_steps.train_step_benchmark("seedcnn", 8, repeats=2, target_s=0.01)  # the default CNN with Adam
   assert [(r["framework"], r["mode"], r["model"], r["batch"]) for r in records] == [
     ("project", "fast", "seedcnn", 8),
     ("project", "plain", "seedcnn", 8),
@@ -49,16 +51,16 @@ def test_train_step_records_follow_the_peers_protocol():
 
 def test_peers_dense_flop_counts_match_the_peers_arithmetic():
   # ../shared/bench/peers/common.py: seedcnn 3 x forward; DCGAN 3 G + 8 D passes per batch element.
-  assert benchmark._peers_dense_flops("seedcnn") == 18955008
-  assert benchmark._peers_dense_flops("gan") == 149574656
-  assert benchmark._peers_dense_flops("configs/gan.py") is None
+  assert train_steps.peers_flops("seedcnn", config_lib.base()) == 18955008
+  assert train_steps.peers_flops("gan", config_lib.base()) == 149574656
+  assert train_steps.peers_flops("configs/gan.py", config_lib.base()) is None
 
 
 def test_summarize_tables_project_records_beside_the_peers(tmp_path):
   summarize = os.path.join(PEERS_DIR, "summarize.py")
   if not os.path.exists(summarize):
     pytest.skip(f"the peers benchmark is not at {PEERS_DIR}")
-  records = benchmark.train_step_benchmark(benchmark.PEERS_DCGAN, 4, repeats=1, target_s=0.01, paths=["fast"])
+  records = train_steps.train_step_benchmark("gan", 4, repeats=1, target_s=0.01, paths=["fast"])
   path = tmp_path / "project.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in records))
   result = subprocess.run([sys.executable, summarize, str(path)], capture_output=True, text=True, cwd=PEERS_DIR)
@@ -67,7 +69,7 @@ def test_summarize_tables_project_records_beside_the_peers(tmp_path):
 
 
 def test_deconv_kernel_grad_benchmark_record():
-  record = benchmark.deconv_kernel_grad_benchmark(
+  record = primitives.deconv_kernel_grad_benchmark(
     batch=2, in_hw=(3, 3), in_channels=4, out_channels=2, calls=2, repeats=1
   )
   assert record["benchmark"] == "deconv_kernel_grad"
@@ -80,7 +82,7 @@ def test_deconv_kernel_grad_benchmark_record():
 
 
 def test_conv_library_benchmark_record():
-  record = benchmark.conv_library_benchmark((2, 6, 6, 3), (3, 3, 3, 4), 2, "SAME", calls=2, repeats=1)
+  record = primitives.conv_library_benchmark((2, 6, 6, 3), (3, 3, 3, 4), 2, "SAME", calls=2, repeats=1)
   assert record["benchmark"] == "conv_library"
   assert record["input_shape"] == [2, 6, 6, 3] and record["kernel_shape"] == [3, 3, 3, 4]
   assert_positive_finite(record, ["xla_default_ms", "compiler_options_ms", "ratio"])
@@ -91,7 +93,7 @@ def test_conv_library_benchmark_record():
 
 
 def test_max_pool_grad_benchmark_record():
-  record = benchmark.max_pool_grad_benchmark(shape=(2, 6, 6, 3), calls=2, repeats=1)
+  record = primitives.max_pool_grad_benchmark(shape=(2, 6, 6, 3), calls=2, repeats=1)
   assert record["benchmark"] == "max_pool_grad"
   assert_positive_finite(
     record, ["reduce_window_ms", "ops_max_pool_ms", "reshape_max_even_split_ms", "ratio", "ratio_vs_even_split"]
@@ -103,7 +105,7 @@ def test_max_pool_grad_benchmark_record():
 
 @pytest.mark.parametrize("wrt", ["kernel", "input"])
 def test_deconv3d_grad_benchmark_record(wrt):
-  record = benchmark.deconv3d_grad_benchmark(
+  record = primitives.deconv3d_grad_benchmark(
     wrt, batch=1, in_size=(2, 3, 2), in_channels=3, out_channels=2, kernel_size=3, calls=2, repeats=1
   )
   assert record["benchmark"] == f"deconv3d_{wrt}_grad"
@@ -118,18 +120,18 @@ def test_deconv3d_grad_benchmark_record(wrt):
 
 def test_interleaved_samples_alternate():
   calls = []
-  samples = benchmark._interleaved_ms([lambda: calls.append("a"), lambda: calls.append("b")], repeats=2, calls=1)
+  samples = timing.interleaved_ms([lambda: calls.append("a"), lambda: calls.append("b")], repeats=2, calls=1)
   assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up, then A, B, A, B
   assert [len(s) for s in samples] == [2, 2]
 
 
 def test_check_same_rejects_different_gradients():
   with pytest.raises(RuntimeError, match="disagree"):
-    benchmark._check_same("x", [1.0, 2.0], [1.0, 2.5])
+    timing.check_same("x", [1.0, 2.0], [1.0, 2.5])
 
 
 def test_cli_prints_only_json_lines(cli):
-  result = cli("deconv_jax.benchmark", "--only=max_pool_grad", "--repeats=1", "--steps=1", timeout=120)
+  result = cli("deconv_jax.experiments.speed", "--only=max_pool_grad", "--repeats=1", "--steps=1", timeout=120)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   records = [json.loads(line) for line in lines]
@@ -139,7 +141,7 @@ def test_cli_prints_only_json_lines(cli):
 
 @pytest.mark.parametrize("flag", ["--only=nope", "--batch_sizes=0", "--train_models=resnet", "--paths=fastest"])
 def test_cli_bad_flag_is_one_line_error(cli, flag):
-  result = cli("deconv_jax.benchmark", flag, timeout=120)
+  result = cli("deconv_jax.experiments.speed", flag, timeout=120)
   assert result.returncode != 0
   assert result.stdout == ""
   lines = result.stderr.strip().splitlines()
@@ -148,7 +150,7 @@ def test_cli_bad_flag_is_one_line_error(cli, flag):
 
 def test_op_profile_names_what_each_op_computes():
   # The top 12: at batch 8 which ops lead differs by XLA version (jaxlib 0.7.2 spends longest on a reduction).
-  records = benchmark.op_profile_benchmark("seedcnn", 8, steps=2, top=12)
+  records = op_profile.op_profile_benchmark("seedcnn", 8, steps=2, top=12)
   assert 1 <= len(records) <= 12
   times = [r["ms_per_step"] for r in records]
   assert times == sorted(times, reverse=True) and times[0] > 0
