@@ -23,9 +23,7 @@ training latents; the measured latents are the same for every run, so the runs o
 the same seed form a pair. Standard deviations are sample ones (ddof = 1).
 
 Run (variant, seed) is ``DIR/<variant>/seed_<seed>``; running the command again resumes or reuses
-finished runs, so a larger ``--seeds`` trains only the new seeds. A run of the earlier single-seed
-layout (``DIR/<variant>`` itself holding the run) is moved to ``DIR/<variant>/seed_<its seed>`` and
-reused. ``--config.KEY=VALUE`` overrides
+finished runs, so a larger ``--seeds`` trains only the new seeds. ``--config.KEY=VALUE`` overrides
 apply to every run, e.g. a shorter budget ``--config.num_train_steps=2000``, or the real MNIST test set as the
 reference: ``--config.measure.real_source=idx --config.measure.real_data_dir=../shared/data/mnist``.
 """
@@ -111,7 +109,6 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
   # ---- every variant, every seed.
   spectra, crops, shown = {"real set": quality.power_spectrum(real)}, {"real set": real[SHOWN_INDEX]}, []
   for name in variants:
-    _move_single_seed_run(os.path.join(workdir, name))
     runs, spectrum = [], 0.0
     for seed in seeds:
       path, cfg = run_dir(workdir, name, seed), variant_config(config, name, seed)
@@ -175,30 +172,6 @@ def _real_set_name(config: ml_collections.ConfigDict) -> str:
   if m.real_source:
     return f"{m.real_source}:{m.real_split}" + (f" in {m.real_data_dir}" if m.real_data_dir else "")
   return f"{config.dataset.source}:{config.dataset.eval_split}"
-
-
-def _move_single_seed_run(variant_dir: str) -> None:
-  """A run of the single-seed layout (``variant_dir`` itself holds ``config.json``) moves to ``seed_<its seed>``.
-
-  ``config.json`` moves last, so an interrupted move is finished by the next call. The variant directory is
-  locked meanwhile (`workdir.Lock`): a run still training there stops it with a one-line error.
-  """
-  saved = workdir_lib.saved_config(variant_dir)
-  if saved is None:
-    return
-  target = os.path.join(variant_dir, f"seed_{saved.seed}")
-  if workdir_lib.saved_config(target) is not None:
-    raise config_lib.ConfigError(
-      f"{variant_dir} holds a run of seed {saved.seed} and so does {target}: remove one of them"
-    )
-  with workdir_lib.Lock(variant_dir):
-    os.makedirs(target, exist_ok=True)
-    moved = [
-      e for e in sorted(os.listdir(variant_dir)) if e not in (".lock", "config.json") and not e.startswith("seed_")
-    ]
-    for entry in [*moved, "config.json"]:
-      os.rename(os.path.join(variant_dir, entry), os.path.join(target, entry))
-  print(f"moved the single-seed run in {variant_dir} to {target}", flush=True)
 
 
 def _train_seconds(path: str, fallback: float) -> float:
