@@ -90,15 +90,18 @@ def with_relu_rule(module: nn.Module, method: str, field: str = "activation") ->
   return module.clone(**{field: RELU_RULES[method]})
 
 
-def activations(module: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
-  """Every named activation of ``module`` on ``images``, ``{name: [N, ...]}``.
+def activations(
+  module: nn.Module, variables: Any, images: jax.Array, *, submodules: bool = True
+) -> dict[str, jax.Array]:
+  """Every named activation of ``module`` on ``images``, ``{name: [N, ...]}``, in the order the module computes them.
 
-  ``"output"`` is what the module returns; values sown into ``"intermediates"`` keep
-  their names (our CNN's ``act1``, ``pool1``, ..., ``hidden1``, ``logits``); the output
-  of each submodule is under its path (``conv1``, ``dense1``: before the activation).
+  Values sown into ``"intermediates"`` keep their names (our CNN's ``act1``, ``pool1``, ...,
+  ``hidden1``, ``logits``). With ``submodules`` (for any module, ours or not), also ``"output"``, what
+  the module returns, and the output of each submodule under its path (``conv1``, ``dense1``: before the
+  activation); without, the sown values alone.
   """
-  output, state = module.apply(variables, images, mutable=["intermediates"], capture_intermediates=True)
-  named = {"output": output}
+  output, state = module.apply(variables, images, mutable=["intermediates"], capture_intermediates=submodules)
+  named = {"output": output} if submodules else {}
   for path, value in traverse_util.flatten_dict(state["intermediates"]).items():
     if path == ("__call__",):
       continue

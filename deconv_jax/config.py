@@ -113,7 +113,7 @@ def base() -> ml_collections.ConfigDict:
   # inversion: a generator trained to invert a frozen classifier's features at one layer.
   c.inversion = ml_collections.ConfigDict()
   c.inversion.classifier_workdir = ""  # a classifier run (train with configs/quickstart.py)
-  c.inversion.layer = "pool2"  # a name from models.intermediates: act{i}, pool{i}, hidden{j}, logits
+  c.inversion.layer = "pool2"  # a name the CNN sows: act{i}, pool{i}, hidden{j}, logits
 
   # Measurements of generated images (evaluate): FID and classifier score on a classifier run's features.
   c.measure = ml_collections.ConfigDict()

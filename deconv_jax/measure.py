@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from deconv_jax import attribution, data, quality
 from deconv_jax import config as config_lib
-from deconv_jax import data, models, quality
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.tasks import classifier
 
@@ -39,7 +39,7 @@ class Featurizer:
 
     @jax.jit
     def features_and_logits(images):
-      acts = models.intermediates(model, variables, images)
+      acts = attribution.activations(model, variables, images, submodules=False)
       return acts[layer].reshape(images.shape[0], -1), acts["logits"]
 
     self._fn = features_and_logits

@@ -140,7 +140,7 @@ class CNN(nn.Module):
   (3x3 VALID convs, 2x2 pools). On ``[N, 28, 28, 1]`` the maps are 26->13->11->5->3->1.
 
   Every stage's output is sown into the ``"intermediates"`` collection under a
-  stable name, so attribution and feature metrics can reach it (see `intermediates`):
+  stable name, so attribution and feature metrics can reach it (see `attribution.activations`):
   ``act{i}`` (the rectified map of conv layer ``conv{i}``), ``pool{i}`` for i = 1..len(features),
   then ``hidden{j}`` (dense layer ``dense{j}`` after the activation; the last is the
   penultimate feature vector)
@@ -172,12 +172,6 @@ class CNN(nn.Module):
     logits = nn.Dense(self.num_classes, name="head")(x)
     self.sow("intermediates", "logits", logits)
     return logits
-
-
-def intermediates(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
-  """All sown activations of ``model`` on ``images``, by name (``{"act1": [N, H, W, C], ...}``)."""
-  _, state = model.apply(variables, images, mutable=["intermediates"])
-  return {name: values[-1] for name, values in state["intermediates"].items()}
 
 
 def cnn_from_config(model_cfg: Any, num_classes: int) -> CNN:

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deconv_jax import attribution, models, ops
 from deconv_jax import config as config_lib
-from deconv_jax import models, ops
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_default_cnn_is_the_classic_keras_network():
     "dense1": {"kernel": (128, 512), "bias": (512,)},
     "head": {"kernel": (512, 10), "bias": (10,)},
   }
-  acts = models.intermediates(model, variables, jnp.zeros((2, 28, 28, 1)))
+  acts = attribution.activations(model, variables, jnp.zeros((2, 28, 28, 1)), submodules=False)
   assert {k: v.shape for k, v in acts.items()} == {
     "act1": (2, 26, 26, 32),
     "pool1": (2, 13, 13, 32),

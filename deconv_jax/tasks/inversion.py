@@ -2,7 +2,7 @@
 
 A transposed-conv `models.Generator` (``config.generator``, unconditional) learns to reconstruct
 an image from a FROZEN trained classifier's features at one layer (``config.inversion.layer``, a
-name from `models.intermediates`: ``act{i}``, ``pool{i}``, ``hidden{j}``, ``logits``). The
+name the classifier sows (`attribution.activations`): ``act{i}``, ``pool{i}``, ``hidden{j}``, ``logits``). The
 features ``[N, F]`` (a map is flattened) are the generator's input: its Dense projects them to
 ``base_size x base_size x base_features``. What the generator can recover from a layer shows
 what that layer keeps of the image.
@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import checkpoint, models, optimizers, parallel, xla_cpu
+from deconv_jax import attribution, checkpoint, models, optimizers, parallel, xla_cpu
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, classifier, gan
@@ -96,14 +96,17 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
 
 
 def feature_sizes(classifier: models.CNN, classifier_params: Any, image_shape: tuple[int, ...]) -> dict[str, int]:
-  """``{layer name: features per image}`` of every layer `models.intermediates` names, input to output.
+  """``{layer name: features per image}`` of every layer the classifier sows
+  (`attribution.activations`), input to output.
 
   Shapes only, no compute.
   """
   names: list[str] = []  # in the order the network sows them (eval_shape's output dict is sorted)
 
   def acts(params: Any) -> dict[str, jax.Array]:
-    out = models.intermediates(classifier, {"params": params}, jnp.zeros((1, *image_shape), jnp.float32))
+    out = attribution.activations(
+      classifier, {"params": params}, jnp.zeros((1, *image_shape), jnp.float32), submodules=False
+    )
     names.extend(out)
     return out
 
@@ -151,7 +154,8 @@ def features(state: InversionState, images_NHWC: jax.Array) -> jax.Array:
 
   Under ``lax.stop_gradient``: no gradient reaches the classifier (its params are not optimized either way).
   """
-  acts = models.intermediates(state.classifier, {"params": state.classifier_params}, images_NHWC)[state.layer]
+  params = {"params": state.classifier_params}
+  acts = attribution.activations(state.classifier, params, images_NHWC, submodules=False)[state.layer]
   return lax.stop_gradient(acts.reshape(acts.shape[0], -1))
 
 
