@@ -23,7 +23,7 @@ from deconv_jax.tasks import classifier
 
 
 class Featurizer:
-  """A trained classifier run's penultimate features ``[N, D]`` and logits ``[N, K]``, batched and jitted."""
+  """A trained classifier run's penultimate features ``[N, F]`` and logits ``[N, K]``, batched and jitted."""
 
   def __init__(self, workdir: str, key: str = "measure.classifier_workdir"):
     config = workdir_lib.saved_config(workdir) if workdir else None

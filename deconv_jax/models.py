@@ -217,7 +217,7 @@ def _check_labels(labels: jax.Array | None, num_classes: int, batch: int, module
 class Generator(nn.Module):
   """Latent vector or feature map -> images, by ``len(features)`` stride-2 up-sampling blocks.
 
-  Input ``z_or_features``: a latent ``[N, D]``, projected by Dense (``"project"``) to
+  Input ``z_or_features``: a latent ``[N, Z]`` (or features ``[N, F]``), projected by Dense (``"project"``) to
   ``[N, *base_shape, base_features]``, batch-normed and activated; or a feature map
   ``[N, h, w, C]`` fed straight into the first block (``base_shape`` unused). Block ``i``
   (``"up{i}"``, ``features[i - 1]`` channels) doubles H and W, then batch norm
@@ -261,13 +261,13 @@ class Generator(nn.Module):
 
   @nn.compact
   def __call__(self, z_or_features: jax.Array, labels: jax.Array | None = None, *, train: bool = False) -> jax.Array:
-    """z ``[N, D]`` or features ``[N, h, w, C]`` (+ labels ``[N]``) -> images ``[N, H, W, out_channels]``."""
+    """z ``[N, Z]`` or features ``[N, h, w, C]`` (+ labels ``[N]``) -> images ``[N, H, W, out_channels]``."""
     if self.upsample not in UPSAMPLERS:
       raise ValueError(f"upsample must be one of {tuple(UPSAMPLERS)}, got {self.upsample!r}")
     out_act = _output_activation(self.output_activation)
     x = z_or_features
     if x.ndim not in (2, 4):
-      raise ValueError(f"z_or_features must be a latent [N, D] or a feature map [N, h, w, C], got shape {x.shape}")
+      raise ValueError(f"z_or_features must be a latent [N, Z] or a feature map [N, h, w, C], got shape {x.shape}")
     _check_labels(labels, self.num_classes, x.shape[0], "Generator")
     if self.out_strides not in (1, 2):
       raise ValueError(f"out_strides must be 1 or 2, got {self.out_strides!r}")

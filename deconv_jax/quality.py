@@ -1,6 +1,6 @@
 """Image-quality measurements for generated images: pure functions of arrays, no models, no state.
 
-Images are NHWC floats in ``[0, 1]``; features ``[N, D]``; classifier logits ``[N, K]``. Everything except
+Images are NHWC floats in ``[0, 1]``; features ``[N, F]``; classifier logits ``[N, K]``. Everything except
 PSNR/SSIM (``jax.numpy``; SSIM from ``dm_pix``) is computed in float64 numpy and returns a Python float.
 
 - FID (Heusel et al., 2017): Fréchet distance between Gaussians fitted to two feature sets. The features may come
@@ -25,10 +25,10 @@ from scipy import linalg, special
 
 
 def gaussian_stats(features_NF: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean ``[D]`` and unbiased covariance ``[D, D]`` (``np.cov(rowvar=False)``) of features ``[N, D]``, float64."""
+  """Mean ``[F]`` and unbiased covariance ``[F, F]`` (``np.cov(rowvar=False)``) of features ``[N, F]``, float64."""
   features_NF = np.asarray(features_NF, dtype=np.float64)
   if features_NF.ndim != 2 or features_NF.shape[0] < 2:
-    raise ValueError(f"features must be [N, D] with N >= 2, got shape {features_NF.shape}")
+    raise ValueError(f"features must be [N, F] with N >= 2, got shape {features_NF.shape}")
   return features_NF.mean(axis=0), np.atleast_2d(np.cov(features_NF, rowvar=False))
 
 
@@ -37,7 +37,7 @@ def frechet_distance(
 ) -> float:
   """``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})``: the squared 2-Wasserstein distance of two Gaussians.
 
-  mu ``[D]``, sigma ``[D, D]``. As in pytorch-fid: when ``sqrtm(S1 S2)`` is not finite (near-singular product, e.g.
+  mu ``[F]``, sigma ``[F, F]``. As in pytorch-fid: when ``sqrtm(S1 S2)`` is not finite (near-singular product, e.g.
   N <= D) it is retried as ``sqrtm((S1 + eps I)(S2 + eps I))``; an imaginary part from round-off is dropped (a
   ValueError if its diagonal exceeds 1e-3); a tiny negative result from round-off is clamped to 0.
   """
@@ -61,9 +61,9 @@ def frechet_distance(
 
 
 def fid(features_a_NF: np.ndarray, features_b_MF: np.ndarray) -> float:
-  """Fréchet distance between the Gaussians fitted (`gaussian_stats`) to features ``[N, D]`` and ``[M, D]``.
+  """Fréchet distance between the Gaussians fitted (`gaussian_stats`) to features ``[N, F]`` and ``[M, F]``.
 
-  FID is biased upward by finite samples, and the bias depends on N, M and D: only compare FIDs computed with the
+  FID is biased upward by finite samples, and the bias depends on N, M (the two sets' sizes) and F: only compare FIDs computed with the
   same sample counts and the same feature extractor, and state N and M next to every number.
   """
   return frechet_distance(*gaussian_stats(features_a_NF), *gaussian_stats(features_b_MF))
