@@ -63,8 +63,8 @@ def frechet_distance(
 def fid(features_a_NF: np.ndarray, features_b_MF: np.ndarray) -> float:
   """Fréchet distance between the Gaussians fitted (`gaussian_stats`) to features ``[N, F]`` and ``[M, F]``.
 
-  FID is biased upward by finite samples, and the bias depends on N, M (the two sets' sizes) and F: only compare FIDs computed with the
-  same sample counts and the same feature extractor, and state N and M next to every number.
+  FID is biased upward by finite samples, and the bias depends on N, M (the two sets' sizes) and F: only compare
+  FIDs computed with the same sample counts and the same feature extractor, and state N and M next to every number.
   """
   return frechet_distance(*gaussian_stats(features_a_NF), *gaussian_stats(features_b_MF))
 
