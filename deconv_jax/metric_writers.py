@@ -62,7 +62,7 @@ class MetricWriter:
     images = np.asarray(images)
     cols = images.shape[1] if images.ndim == 5 else 8
     grid = figures.image_grid(images.reshape(-1, *images.shape[-3:]), cols)
-    figures.save_png(grid, path)
+    figures.save_image(grid, path)
     self._tb.add_image(name, grid, step, dataformats="HWC")
     self._tb.flush()
     return path

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from PIL import Image
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from deconv_jax import attribution, cli, data, figures, models, ops
 from deconv_jax import config as config_lib
@@ -126,6 +127,22 @@ def _three_methods(model: models.CNN, variables: Any, images: jax.Array) -> tupl
 
 
 SIGNED_SCALE = "Maps: mid-gray = 0, white = +max|v|, black = -max|v|, each map on its own scale."
+GAP = 2  # pixels of white between the images tiled in one panel
+
+
+def _crop(image_HWC: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
+  """The ``size x size`` window at ``(top, left)``; outside the image it is ``fill``."""
+  h, w, c = image_HWC.shape
+  out = np.full((size, size, c), fill, np.float32)
+  r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + size, h), min(left + size, w)
+  out[r0 - top : r1 - top, c0 - left : c1 - left] = image_HWC[r0:r1, c0:c1]
+  return out
+
+
+def _tiled(ax: Axes, images_NHWC: np.ndarray, cols: int, zoom: int = 1) -> None:
+  """``images`` in ``[0, 1]``, each pixel repeated ``zoom`` times, tiled in one panel ``cols`` a row."""
+  zoomed = np.repeat(np.repeat(images_NHWC, zoom, axis=1), zoom, axis=2)
+  figures.show(ax, figures.image_grid(zoomed, cols, gap=GAP) / 255)
 
 
 def layer_figure(
@@ -136,60 +153,69 @@ def layer_figure(
   field: tuple[int, int, int],
   layer: str,
   top_k: int,
-) -> Image.Image:
-  """Per channel, three captioned grids: its top_k images (unit boxed), their projections, their input patches."""
+) -> Figure:
+  """Per channel, three panels of ``top_k`` tiles: its top images (the strongest unit's receptive field boxed in
+  red), the deconvnet projections of that unit, and the input under the field; two channels a row."""
   size, jump, start = field
-  h = images_NHWC.shape[1]
-  zoom = max(1, 64 // h)
-  cell = h * zoom
+  h, w = images_NHWC.shape[1:3]
   cols = int(np.ceil(np.sqrt(top_k)))
-  captions = (f"top {top_k} images, unit boxed", "deconvnet of that unit", f"input under it ({size}x{size})")
-  blocks = []
-  for n, c in enumerate(channels):
-    shown, projected, patches = [], [], []
-    for b in range(n * top_k, (n + 1) * top_k):
-      top, left = (start + jump * int(p) for p in positions_B2[b])
-      shown.append(figures.box(figures.zoom_to(figures.rgb(images_NHWC[b]), cell), top, left, size, zoom))
-      projected.append(figures.zoom_to(figures.signed(figures.crop(projections_NHWC[b], top, left, size, 0.0)), cell))
-      patches.append(figures.zoom_to(figures.rgb(figures.crop(images_NHWC[b], top, left, size, 1.0)), cell))
-    grids = [figures.captioned(t, figures.grid(cells, cols)) for t, cells in zip(captions, (shown, projected, patches))]
-    row = figures.stack(grids, axis=1, gap=3 * figures.GAP)
-    blocks.append(
-      figures.stack([figures.text(f"{layer}, channel {c}", size=figures.FONT_SIZE + 1), row], axis=0, gap=2)
-    )
-  pairs = [figures.stack(blocks[i : i + 2], axis=1, gap=8 * figures.GAP) for i in range(0, len(blocks), 2)]
-  return figures.figure(
+  zoom = -(-h // size)  # crops of a small field tiled at about the size of whole images
+  per_row = min(2, len(channels))
+  fig, axes = figures.panels(
     f"Deconvnet (Zeiler & Fergus): what excites {layer} ({len(channels)} channels, receptive field {size}x{size})",
-    figures.stack(pairs, axis=0, gap=4 * figures.GAP),
-    "Each channel: the images that excite it most, with its strongest unit's receptive field boxed in red; "
+    -(-len(channels) // per_row),
+    3 * per_row,
+    footnote="Each channel: the images that excite it most, with its strongest unit's receptive field boxed in red; "
     "that one unit projected back to pixels;\nand the input under the box. " + SIGNED_SCALE,
+    extra=(0.9, 1.0),
   )
+  captions = (f"top {top_k} images,\nunit boxed", "deconvnet\nof that unit", f"input under it\n({size}x{size})")
+  for n, c in enumerate(channels):
+    row, group = divmod(n, per_row)
+    shown, projected, under = axes[row, 3 * group : 3 * group + 3]
+    b = slice(n * top_k, (n + 1) * top_k)
+    corners = [tuple(start + jump * int(p) for p in position) for position in positions_B2[b]]
+    _tiled(shown, images_NHWC[b], cols)
+    for i, (top, left) in enumerate(corners):
+      r0, c0 = (i // cols) * (h + GAP), (i % cols) * (w + GAP)  # the tile's corner
+      bottom, right = min(top + size, h), min(left + size, w)
+      top, left = max(top, 0), max(left, 0)
+      figures.frame(shown, r0 + top, c0 + left, bottom - top, right - left)
+    crops = [_crop(p, t, left, size, 0.0) for p, (t, left) in zip(projections_NHWC[b], corners)]
+    _tiled(projected, np.stack([figures.signed(crop) for crop in crops]), cols, zoom)
+    _tiled(under, np.stack([_crop(x, t, left, size, 1.0) for x, (t, left) in zip(images_NHWC[b], corners)]), cols, zoom)
+    shown.set_ylabel(f"channel {c}", fontsize="large")
+    if row == 0:
+      for ax, caption in zip((shown, projected, under), captions):
+        ax.set_title(caption, fontsize="medium")
+  for ax in axes.flat[len(channels) * 3 :]:
+    ax.set_axis_off()
+  figures.signed_colorbar(fig, axes, "each projection\n(on its own scale)")
+  return fig
 
 
 def methods_figure(
   images_NHWC: np.ndarray, labels_N: np.ndarray, predicted_N: np.ndarray, maps: dict[str, np.ndarray]
-) -> Image.Image:
-  """A table: one row per image (its true and predicted class), then each method's map of its predicted logit."""
-  h = images_NHWC.shape[1]
-  cell = h * max(1, 96 // h)
-  columns = [[figures.text("image", cell, center=True)]] + [
-    [figures.text(m.replace("_", " "), cell, center=True)] for m in attribution.METHODS
-  ]
-  row_labels = [figures.text("")]
-  for b in range(len(images_NHWC)):
-    columns[0].append(figures.zoom_to(figures.rgb(images_NHWC[b]), cell))
-    for j, m in enumerate(attribution.METHODS, start=1):
-      columns[j].append(figures.zoom_to(figures.signed(maps[m][b]), cell))
-    label = figures.text(f"true {labels_N[b]}\npredicted {predicted_N[b]}")
-    row_labels.append(figures.stack([label, np.ones((cell - label.shape[0], 1, 3), np.float32)], axis=0))
-  table = figures.stack(
-    [figures.stack(col, axis=0, gap=figures.GAP) for col in [row_labels, *columns]], axis=1, gap=figures.GAP
-  )
-  return figures.figure(
+) -> Figure:
+  """A table: one row per image (labelled with its true and predicted class), then each method's map of its
+  predicted logit (`attribution.METHODS`, in order), each map on its own symmetric gray scale."""
+  fig, axes = figures.panels(
     "Saliency, deconvnet and guided backprop of the predicted class's logit",
-    table,
-    "One backward pass each; they differ only in how the signal crosses a ReLU.\n" + SIGNED_SCALE,
+    len(images_NHWC),
+    1 + len(attribution.METHODS),
+    panel=1.4,
+    footnote="One backward pass each; they differ only in how the signal crosses a ReLU.\n" + SIGNED_SCALE,
+    extra=(1.8, 1.1),
   )
+  for b, row in enumerate(axes):
+    figures.show(row[0], images_NHWC[b])
+    row[0].set_ylabel(f"true {labels_N[b]}\npredicted {predicted_N[b]}", rotation=0, ha="right", va="center")
+    for ax, m in zip(row[1:], attribution.METHODS):
+      figures.show(ax, figures.signed(maps[m][b]))
+  for ax, title in zip(axes[0], ["image", *(m.replace("_", " ") for m in attribution.METHODS)]):
+    ax.set_title(title, fontsize="medium")
+  figures.signed_colorbar(fig, axes[:, 1:], "each map\n(on its own scale)")
+  return fig
 
 
 # ---------------------------------------------------------------- the command
@@ -228,12 +254,12 @@ def visualize_workdir(
     )
     page = layer_figure(selected, projections, positions, shown, receptive_field(model, i), layer, top_k)
     paths.append(os.path.join(workdir, f"deconvnet_{layer}.png"))
-    page.save(paths[-1])
+    figures.save(page, paths[-1])
 
   panel = np.linspace(0, len(images_NHWC) - 1, num_images).round().astype(int)  # spread over the split
   predicted, maps = jax.device_get(_three_methods(model, variables, images_NHWC[panel]))
   paths.append(os.path.join(workdir, "attribution_methods.png"))
-  methods_figure(images_NHWC[panel], labels_N[panel], predicted, maps).save(paths[-1])
+  figures.save(methods_figure(images_NHWC[panel], labels_N[panel], predicted, maps), paths[-1])
   return paths
 
 

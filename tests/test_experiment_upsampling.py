@@ -6,11 +6,13 @@ import json
 import math
 import os
 
+import matplotlib.image
 import numpy as np
 import pytest
 import test_gan
 from conftest import REPO
-from PIL import Image
+from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
 
 from deconv_jax import config as config_lib
 from deconv_jax import figures, measure, quality, train
@@ -137,9 +139,23 @@ def test_spectrum_figure_draws_a_column_per_image_set(real_digits):
   samples = {"real set": real_digits[0], "noisy": noisy[0]}
   two = study_figures.spectrum_figure(spectra, samples, {"noisy": "checkerboard 3.00"}, "50 images")
   one = study_figures.spectrum_figure({"real set": spectra["real set"]}, samples, {}, "50 images")
-  red = lambda image: int(np.sum(np.all(np.asarray(image) == figures.RED * 255, axis=-1)))
-  assert two.mode == "RGB" and two.height == one.height
-  assert red(one) > 0 and red(two) == 2 * red(one)  # per column: 8 alias frames in each spectrum, 1 crop frame
+  panels = lambda fig: [ax for ax in fig.axes if ax.images]  # row by row; colorbars show no image
+  red = lambda ax: [p for p in ax.patches if isinstance(p, Rectangle) and p.get_edgecolor() == to_rgba(figures.RED)]
+  assert len(panels(one)) == 4 and len(panels(two)) == 8  # per column: spectrum, ratio, sample, its centre
+  assert two.get_figheight() == one.get_figheight() and len(two.axes) == len(panels(two)) + 2  # 2 colorbars
+  assert [len(red(ax)) for ax in panels(two)] == [8, 8, 8, 8, 1, 1, 0, 0]  # alias frames on the spectra, crop frame
+  alias = {(r, c) for r, c in zip(*np.nonzero(study_figures._centred(quality.alias_mask(28, 28))))}
+  centres = lambda ax: {(p.get_y() + p.get_height() / 2, p.get_x() + p.get_width() / 2) for p in red(ax)}
+  assert centres(panels(two)[1]) == centres(panels(two)[2]) == alias  # each frame on an alias bin
+  (crop,) = red(panels(two)[5])
+  assert (crop.get_x(), crop.get_y(), crop.get_width(), crop.get_height()) == (6.5, 6.5, 14, 14)  # pixels 7 to 20
+  np.testing.assert_allclose(panels(two)[7].images[0].get_array(), noisy[0, 7:21, 7:21, 0], atol=1e-6)
+  power, ratio = panels(two)[:2], panels(two)[2:4]
+  assert [ax.get_title() for ax in power] == ["real set\n", "noisy\ncheckerboard 3.00"]
+  assert power[0].images[0].get_clim() == power[1].images[0].get_clim()  # one scale for all
+  assert power[0].images[0].get_cmap().name.startswith("viridis") and ratio[1].images[0].get_clim() == (-1, 1)
+  np.testing.assert_array_equal(ratio[0].images[0].get_array(), 0)  # the real set against itself
+  assert "alias frequencies" in two.get_supxlabel() and "zero frequency at the centre" in two.get_supxlabel()
 
 
 # ----------------------------------------------------------------------------
@@ -192,8 +208,8 @@ def test_two_seeds_give_mean_std_paired_tests_the_check_and_the_figures(tmp_path
   assert "| a · (-1)^(i+j) | 1.00 |" in table
   assert (tmp_path / "results.md").read_text().strip() == table
   for figure in ("samples.png", "spectrum.png"):
-    with Image.open(tmp_path / figure) as image:
-      assert image.width > 400 and image.height > 200, figure
+    height, width, _ = matplotlib.image.imread(tmp_path / figure).shape
+    assert width > 400 and height > 200, figure
 
 
 @pytest.mark.slow

@@ -3,11 +3,14 @@
 import os
 
 import jax
+import matplotlib.image
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 
 from deconv_jax import attribution, figures, models, visualize
 
@@ -73,13 +76,61 @@ def test_choose_picks_channels_whose_top_k_all_fire():
   assert channels == [1] and order.shape == (1, 1)
 
 
-def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image():
-  assert figures.text("true 7\npredicted 7").shape[0] >= 2 * figures.FONT_SIZE  # two lines at >= 15 px
+def image_axes(fig):
+  """The panels that show an image, row by row (colorbars show none)."""
+  return [ax for ax in fig.axes if ax.images]
+
+
+def red_frames(ax):
+  return [p for p in ax.patches if isinstance(p, Rectangle) and p.get_edgecolor() == to_rgba(figures.RED)]
+
+
+def png_shape(fig, path):
+  figures.save(fig, str(path))
+  return matplotlib.image.imread(str(path)).shape
+
+
+def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image(tmp_path):
   images = np.zeros((3, 28, 28, 1), np.float32)
-  maps = {m: np.ones((3, 28, 28, 1), np.float32) for m in attribution.METHODS}
+  ramp = np.linspace(-1, 2, 28 * 28).reshape(28, 28, 1)
+  maps = {m: np.stack([(b + 1) * (i + 1) * ramp for b in range(3)]) for i, m in enumerate(attribution.METHODS)}
   three = visualize.methods_figure(images, np.array([1, 2, 3]), np.array([1, 2, 4]), maps)
   two = visualize.methods_figure(images[:2], np.array([1, 2]), np.array([1, 2]), {k: v[:2] for k, v in maps.items()})
-  assert three.width == two.width and three.height - two.height == 84 + figures.GAP  # one row of 3x-zoomed cells more
+  panels = image_axes(three)
+  assert len(panels) == 3 * 4 and len(image_axes(two)) == 2 * 4  # a row per image: it, then the 3 maps
+  assert [ax.get_title() for ax in panels[:4]] == ["image", "saliency", "deconvnet", "guided backprop"]
+  assert [ax.get_ylabel() for ax in panels[::4]] == [f"true {t}\npredicted {p}" for t, p in [(1, 1), (2, 2), (3, 4)]]
+  for b in range(3):
+    for j, m in enumerate(attribution.METHODS, start=1):  # each map on its own scale: 0 mid-gray, max|v| white
+      shown = panels[4 * b + j].images[0].get_array()
+      np.testing.assert_allclose(shown, 0.5 + 0.5 * maps[m][b, :, :, 0] / (2 * (b + 1) * j), rtol=1e-6)
+  assert visualize.SIGNED_SCALE in three.get_supxlabel()
+  (bar,) = [ax for ax in three.axes if not ax.images]  # the maps' scale
+  assert [t.get_text() for t in bar.get_yticklabels()] == ["-max|v|", "0", "+max|v|"]
+  sizes = [t.get_fontsize() * figures.DPI / 72 for t in three.findobj(Text) if t.get_text().strip()]
+  assert min(sizes) >= 12  # pixels: every label, tick and footnote readable in the PNG
+  (h3, w3, _), (h2, w2, _) = png_shape(three, tmp_path / "3.png"), png_shape(two, tmp_path / "2.png")
+  assert abs(w3 - w2) <= 2 and 100 < h3 - h2 < 200  # one row of panels more
+
+
+def test_layer_figure_boxes_each_receptive_field_in_red():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(6, 28, 28, 1))  # 3 channels x top 2
+  projections = rng.normal(size=(6, 28, 28, 1))
+  positions = np.array([[0, 0], [3, 2], [1, 1], [2, 2], [0, 3], [3, 3]])  # act3 units (size 18, jump 4)
+  fig = visualize.layer_figure(images, projections, positions, [4, 7, 9], (18, 4, 0), "act3", 2)
+  panels = image_axes(fig)
+  assert len(panels) == 3 * 3  # per channel: its images, their projections, the input under the field
+  assert "act3" in fig.get_suptitle() and "receptive field 18x18" in fig.get_suptitle()
+  assert [ax.get_ylabel() for ax in panels[::3]] == ["channel 4", "channel 7", "channel 9"]
+  captions = ["top 2 images,\nunit boxed", "deconvnet\nof that unit", "input under it\n(18x18)"]
+  assert [ax.get_title() for ax in panels[:3]] == captions
+  # 2 tiles a row, 28 pixels and a gap of 2 apart; a field past the image's edge is cut at it.
+  boxes = [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in red_frames(panels[0])]
+  assert boxes == [(-0.5, -0.5, 18, 18), (30 + 8 - 0.5, 12 - 0.5, 18, 16)]
+  assert [len(red_frames(ax)) for ax in panels] == [2, 0, 0] * 3
+  crops = panels[2].images[0].get_array()  # the input under the field, tiled at the size of whole images
+  np.testing.assert_allclose(crops[:36, :36, 0], np.repeat(np.repeat(images[0, :18, :18, 0], 2, 0), 2, 1), atol=1 / 255)
 
 
 def test_top_activations_returns_every_image_with_its_label():
@@ -105,9 +156,8 @@ def test_visualize_writes_the_figures(trained, cli):
   names = ["deconvnet_act1.png", "deconvnet_act2.png", "attribution_methods.png"]
   assert [os.path.basename(p) for p in result.stdout.splitlines()[:-1]] == names
   for name in names:
-    with Image.open(os.path.join(trained, name)) as image:
-      pixels = np.asarray(image.convert("RGB"))
-    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 10  # drawn, not blank
+    pixels = matplotlib.image.imread(os.path.join(trained, name))[..., :3]
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.std() > 10 / 255  # drawn, not blank
   assert result.stdout.splitlines()[-1].startswith("wrote 3 figures in")
 
 

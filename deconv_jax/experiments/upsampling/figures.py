@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
-from PIL import Image
+from matplotlib.figure import Figure
 
 from deconv_jax import figures, quality
 
+save = figures.save  # the study saves what this module draws with this module alone
 
-def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2) -> Image.Image:
-  """Each variant's samples (a 4x4 grid, the same latents everywhere) side by side under its name."""
-  blocks = []
-  for name, images in shown:
-    grid = Image.fromarray(figures.image_grid(images, cols=4))
-    grid = np.asarray(grid.resize((grid.width * zoom, grid.height * zoom), Image.NEAREST), np.float32) / 255
-    blocks.append(figures.captioned(name, grid))
-  return figures.figure(
+
+def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2) -> Figure:
+  """Each variant's samples ``[16, H, W, C]`` (a 4x4 grid, the same latents everywhere) side by side under its
+  name; ``zoom``: pixels of the saved PNG per image pixel."""
+  grids = [figures.image_grid(images, cols=4) for _, images in shown]
+  fig, axes = figures.panels(
     f"The same {len(shown[0][1])} latents through every up-sampling variant (seed {seed})",
-    figures.stack(blocks, axis=1, gap=3 * figures.GAP),
-    "A class-conditional generator draws the classes 0-9, then 0-5, in reading order.",
+    1,
+    len(shown),
+    panel=zoom * grids[0].shape[0] / figures.DPI,
+    footnote="A class-conditional generator draws the classes 0-9, then 0-5, in reading order.",
+    extra=(0.6, 0.9),
   )
+  for ax, (name, _), grid in zip(axes[0], shown, grids):
+    figures.show(ax, grid / 255)
+    ax.set_title(name, fontsize="medium")
+  return fig
 
 
 def _centred(spectrum_HW: np.ndarray) -> np.ndarray:
   """``[H + 1, W + 1]``: DC in the middle, and the Nyquist row and column (``±1/2`` cycle per pixel, one
   frequency) on both edges, so that the picture is symmetric."""
   return np.pad(np.fft.fftshift(spectrum_HW), ((0, 1), (0, 1)), mode="wrap")
-
-
-def _pad_width(block: np.ndarray, width: int) -> np.ndarray:
-  return figures.stack([block, np.ones((1, width, 3), np.float32)], axis=0, center=True)[:-1]
 
 
 def spectrum_figure(
@@ -40,10 +43,11 @@ def spectrum_figure(
   reference: str = "real set",
   zoom: int = 7,
   decades: float = 1.0,
-) -> Image.Image:
+) -> Figure:
   """Where checkerboards live: per column (``reference`` first, then each variant) its mean power spectrum
-  ``[H, W]`` (`quality.power_spectrum`; log10, one scale for all), that spectrum divided by the reference's
-  (log10, ``±decades``), one sample ``[H, W, C]`` with its centre framed, and that centre enlarged.
+  ``[H, W]`` (`quality.power_spectrum`; log10, one viridis scale for all), that spectrum divided by the
+  reference's (log10, ``±decades``, gray), one sample ``[H, W, C]`` with its centre framed, and that centre
+  enlarged; ``zoom``: pixels of the saved PNG per frequency bin.
 
   Zero frequency is at the centre of each spectrum, ±1/2 cycle per pixel at its edges; the alias bins that
   the checkerboard score counts (`quality.alias_mask`) are framed in red.
@@ -55,61 +59,54 @@ def spectrum_figure(
     log[h // 2, w // 2] = np.nan  # DC: removed by mean-subtracting each image
   top = max(np.nanmax(v) for v in logs.values())
   bottom = max(min(np.nanmin(v) for v in logs.values()), top - 8)
-  alias = _centred(quality.alias_mask(h, w))
+  alias = list(zip(*np.nonzero(_centred(quality.alias_mask(h, w)))))
   crop_at, size = h // 4, h // 2
+  viridis = matplotlib.colormaps["viridis"].with_extremes(bad="white")
 
-  def panel(rgb_HW3: np.ndarray) -> np.ndarray:
-    image = figures.repeat_pixels(rgb_HW3, zoom)
-    for r, c in zip(*np.nonzero(alias)):
-      image = figures.frame(image, r * zoom, c * zoom, zoom, margin=2)
-    return image
-
-  gray = lambda v: np.repeat((0.5 + 0.5 * np.clip(v, -1, 1))[..., None], 3, axis=-1)
-  rows: list[list[np.ndarray]] = [[], [], [], [], []]
-  for name in names:
-    power = figures.viridis((logs[name] - bottom) / (top - bottom))
-    power[np.isnan(logs[name])] = 1.0
-    ratio = np.nan_to_num((logs[name] - logs[reference]) / decades)  # DC: mid-gray
-    sample = figures.rgb(samples[name])
-    rows[0].append(figures.text(f"{name}\n{captions.get(name, '')}", center=True))
-    rows[1].append(panel(power))
-    rows[2].append(panel(gray(ratio)))
-    rows[3].append(figures.frame(figures.repeat_pixels(sample, zoom), crop_at * zoom, crop_at * zoom, size * zoom))
-    crop = sample[crop_at : crop_at + size, crop_at : crop_at + size]
-    rows[4].append(figures.repeat_pixels(crop, (h * zoom) // size))
-  labels = [
-    "",
-    "mean power\nspectrum\n(log10)",
-    f"ratio to the\n{reference}\n(log10, ±{decades:g})",
-    "one sample",
-    f"its centre,\n{(h * zoom) // size}x",
-  ]
-  width = max(block.shape[1] for row in rows for block in row)
-  label_width = max(figures.text(t).shape[1] for t in labels)
-  lines = []
-  for label, row in zip(labels, rows):
-    cells = [figures.text(label, label_width), *(_pad_width(block, width) for block in row)]
-    lines.append(figures.stack(cells, axis=1, gap=2 * figures.GAP))
-  bar = np.linspace(0, 1, 256)[None, :].repeat(12, axis=0)
-  legend = figures.stack(
-    [
-      figures.text(f"power: 10^{bottom:.1f}"),
-      figures.viridis(bar),
-      figures.text(f"10^{top:.1f}        ratio: 1/{10**decades:g}"),
-      gray(2 * bar - 1),
-      figures.text(f"{10**decades:g}x"),
-    ],
-    axis=1,
-    gap=figures.GAP,
-    center=True,
-  )
-  return figures.figure(
+  fig, axes = figures.panels(
     f"Where checkerboards live: mean power spectra of generated images and of the {reference} ({counts})",
-    figures.stack([figures.stack(lines, axis=0, gap=figures.GAP), legend], axis=0, gap=3 * figures.GAP),
-    "Spectra: |FFT|^2 of each mean-subtracted image, averaged; zero frequency at the centre (removed: white), "
-    "±1/2 cycle per pixel at the edges;\nhorizontal frequency left to right, vertical top to bottom. Red frames: "
-    "the stride-2 alias frequencies (1/2, 0), (0, 1/2), (1/2, 1/2), whose share of the power\nthe checkerboard "
-    f"score compares with the {reference}'s. Ratio: mid-gray = as much power as the {reference}, white = more, "
-    "black = less.\nBottom rows: one generated image (the same latent and class in every column), its framed "
-    "centre enlarged.",
+    4,
+    len(names),
+    panel=zoom * (h + 1) / figures.DPI,
+    footnote="Spectra: |FFT|^2 of each mean-subtracted image, averaged; zero frequency at the centre (removed: "
+    "white), ±1/2 cycle per pixel at the edges;\nhorizontal frequency left to right, vertical top to bottom. Red "
+    "frames: the stride-2 alias frequencies (1/2, 0), (0, 1/2), (1/2, 1/2), whose share of the power\nthe "
+    f"checkerboard score compares with the {reference}'s. Ratio: mid-gray = as much power as the {reference}, "
+    "white = more, black = less.\nBottom rows: one generated image (the same latent and class in every column), "
+    "its framed centre enlarged.",
+    extra=(2.6, 1.9),
   )
+  for col, name in enumerate(names):
+    power, ratio, sample, centre = axes[:, col]
+    power_image = power.imshow(logs[name], cmap=viridis, vmin=bottom, vmax=top, interpolation="nearest")
+    ratio_image = ratio.imshow(
+      np.nan_to_num(logs[name] - logs[reference]),  # DC: mid-gray
+      cmap="gray",
+      vmin=-decades,
+      vmax=decades,
+      interpolation="nearest",
+    )
+    for ax in (power, ratio):
+      for r, c in alias:
+        figures.frame(ax, r, c, 1, 1, margin=0.3)
+    image = np.asarray(samples[name])
+    figures.show(sample, image)
+    figures.frame(sample, crop_at, crop_at, size, size)
+    figures.show(centre, image[crop_at : crop_at + size, crop_at : crop_at + size])
+    power.set_title(f"{name}\n{captions.get(name, '')}", fontsize="medium")
+  for ax, label in zip(
+    axes[:, 0],
+    [
+      "mean power\nspectrum (log10)",
+      f"ratio to the\n{reference} (log10)",
+      "one sample",
+      f"its centre\n({size}x{size} pixels)",
+    ],
+  ):
+    ax.set_ylabel(label)
+  bar = fig.colorbar(power_image, ax=axes[0, :], shrink=0.9, pad=0.01)
+  bar.set_label("log10 power", fontsize=figures.SMALL)
+  bar = fig.colorbar(ratio_image, ax=axes[1, :], shrink=0.9, pad=0.01, ticks=[-decades, 0, decades])
+  bar.ax.set_yticklabels([f"1/{10**decades:g}", "1", f"{10**decades:g}x"])
+  bar.set_label(f"ratio to the {reference}", fontsize=figures.SMALL)
+  return fig

@@ -149,14 +149,13 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
     f.write(table + "\n")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  figures.samples_figure(shown, seeds[0]).save(os.path.join(workdir, "samples.png"))
+  figures.save(figures.samples_figure(shown, seeds[0]), os.path.join(workdir, "samples.png"))
   scores = {"real set": f"{len(real)} images"}
   for v in variants:
     score = results["variants"][v]["checkerboard_score"]
     scores[v] = f"checkerboard {stats.mean_std(score, 0 if score['mean'] >= 100 else 2)}"
-  figures.spectrum_figure(
-    spectra, crops, scores, f"{n} images per run" + (f", averaged over {len(seeds)} seeds" if len(seeds) > 1 else "")
-  ).save(os.path.join(workdir, "spectrum.png"))
+  counts = f"{n} images per run" + (f", averaged over {len(seeds)} seeds" if len(seeds) > 1 else "")
+  figures.save(figures.spectrum_figure(spectra, crops, scores, counts), os.path.join(workdir, "spectrum.png"))
   return table
 
 
