@@ -1,8 +1,8 @@
 """Faults are features: preemption saves and exits 0, kills never damage a checkpoint, a workdir has one run."""
 
-import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -11,16 +11,16 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 from test_train import SMALL, final_params, read_metrics, small_config
 
 from deconv_jax import checkpoint, train
 from deconv_jax import config as config_lib
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
-# Long enough to be interrupted; constant learning rate, checkpoints every 25 steps.
+# Long enough to be interrupted; constant learning rate, checkpoints every 25 steps, augmented: its draws resume too.
 LONG = [*SMALL, "--config.num_train_steps=300", "--config.checkpoint_every_steps=25", "--config.log_every_steps=25"]
-LONG += ["--config.eval_every_steps=300", "--config.optimizer.schedule=constant"]
+LONG += ["--config.eval_every_steps=300", "--config.optimizer.schedule=constant", "--config.augment.max_shift=2"]
 
 
 def start(workdir, *args):
@@ -57,33 +57,26 @@ def assert_bitwise_equal(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_exits_0_and_the_resumed_run_ends_bitwise_equal(tmp_path, uninterrupted, sig):
+def test_signals_and_kills_at_random_moments_each_resume_from_a_complete_checkpoint_and_end_bitwise_equal(
+  tmp_path, uninterrupted
+):
+  """SIGTERM, then SIGINT: each saves and exits 0. Then SIGKILL after random delays, saves included (every 25 steps):
+  nothing partial piles up. Each restart resumes from the last complete checkpoint; the end is the uninterrupted end."""
   workdir = str(tmp_path / "run")
-  proc = start(workdir)
-  wait_for(lambda: checkpoint.latest_step(workdir) is not None, proc)
-  proc.send_signal(sig)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err
-  stopped = checkpoint.latest_step(workdir)
-  assert f"preempted at step {stopped}: its checkpoint is saved; run the same command to resume" in out
-  assert 25 < stopped < 300 and "Traceback" not in err
-  resumed = start(workdir)
-  out, err = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0 and f"resumed from {workdir} at step {stopped}" in out, err
-  (s1, p1), (s2, p2) = uninterrupted, final_params(workdir)
-  assert s1 == s2 == 300
-  assert_bitwise_equal(p1, p2)
-  steps = [r["step"] for r in read_metrics(workdir, "train")]
-  assert steps == sorted(set(steps)), "metrics.jsonl repeats steps"
-
-
-@pytest.mark.slow
-def test_killed_at_random_moments_it_always_resumes_from_a_complete_checkpoint(tmp_path, uninterrupted):
-  """SIGKILL after random delays, saves included (every 25 steps); each restart resumes, nothing partial piles up."""
-  workdir = str(tmp_path / "run")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    before = checkpoint.latest_step(workdir)
+    proc = start(workdir)
+    wait_for(lambda before=before: checkpoint.latest_step(workdir) != before, proc)  # it (restored and) went on
+    saved = checkpoint.latest_step(workdir)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stopped = checkpoint.latest_step(workdir)
+    assert f"preempted at step {stopped}: its checkpoint is saved; run the same command to resume" in out
+    assert saved < stopped < 300 and "Traceback" not in err
+    assert before is None or f"resumed from {workdir} at step {before}" in out, out
   rng = random.Random(0)
-  resumed_from = []
   for _ in range(4):
     before = checkpoint.latest_step(workdir)
     proc = start(workdir)
@@ -91,17 +84,14 @@ def test_killed_at_random_moments_it_always_resumes_from_a_complete_checkpoint(t
     time.sleep(rng.uniform(0.0, 1.5))
     proc.kill()
     out, _ = proc.communicate(timeout=60)
-    if "resumed from" in out:
-      resumed_from.append(int(out.split("resumed from")[1].split("at step")[1].split()[0]))
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert f"resumed from {workdir} at step {before}" in out, out
     assert len([d for d in os.listdir(ckpt_dir) if "tmp" in d]) <= 1  # at most the save the kill interrupted
     if checkpoint.latest_step(workdir) == 300:
       break
-  assert resumed_from, "no run resumed"
   last = start(workdir)
   out, err = last.communicate(timeout=300)
   assert last.returncode == 0, err
-  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
+  assert not [d for d in os.listdir(ckpt_dir) if "tmp" in d]
   (s1, p1), (s2, p2) = uninterrupted, final_params(workdir)
   assert s1 == s2 == 300
   assert_bitwise_equal(p1, p2)
@@ -131,17 +121,6 @@ def test_a_second_run_on_the_same_workdir_is_refused_at_once(tmp_path, cli):
   assert again.returncode == 0, again.stderr
 
 
-@pytest.mark.slow
-def test_a_resume_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(small_config(), workdir)  # 40 steps, checkpoints at 20 and 40, logs every 10
-  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:  # as if a run got to 50 and was killed at 55
-    f.write(json.dumps({"step": 50, "split": "train", "loss": 1.0}) + "\n")
-  train.train_and_evaluate(small_config(num_train_steps=60), workdir)
-  assert [r["step"] for r in read_metrics(workdir, "train")] == [10, 20, 30, 40, 50, 60]
-  assert read_metrics(workdir, "train")[4]["loss"] != 1.0
-
-
 def test_a_resume_that_changes_a_cosine_schedule_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
   c = small_config(**{"optimizer.schedule": "cosine", "num_train_steps": 20})
@@ -151,31 +130,50 @@ def test_a_resume_that_changes_a_cosine_schedule_is_refused(tmp_path):
   assert checkpoint.steps(workdir) == [20]
 
 
-@pytest.mark.slow
-def test_non_finite_metrics_stop_the_run_and_say_what_is_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+  "split,from_step,message,kept",
+  [
+    ("train", 0, "train loss is nan at step 10: stopped; no checkpoint was saved", None),
+    ("train", 25, "train loss is nan at step 30: stopped; the checkpoint of step 20 in {workdir} is kept", 20),
+    pytest.param(
+      "eval",
+      0,
+      "eval loss is inf at step 40: stopped; the checkpoint of step 20 in {workdir} is kept",
+      20,
+      marks=pytest.mark.slow,
+    ),
+  ],
+  ids=["train_nan_at_once", "train_nan_from_step_25", "eval_inf"],
+)
+def test_non_finite_metrics_stop_the_run_and_keep_the_last_good_checkpoint(
+  tmp_path, monkeypatch, split, from_step, message, kept
+):
+  """A NaN or infinite loss (injected here) stops the run, says what is kept, and saves nothing of its step."""
   from deconv_jax.tasks import classifier
 
   real_train, real_eval = classifier.train_step, classifier.eval_step
 
-  def nan_from_start(state, batch, rng, **kwargs):
+  def nan_train_loss(state, batch, rng, **kwargs):
     new_state, metrics = real_train(state, batch, rng, **kwargs)
-    return new_state, {**metrics, "loss": jnp.nan * metrics["loss"]}
-
-  monkeypatch.setattr(classifier, "train_step", nan_from_start)
-  with pytest.raises(FloatingPointError, match="train loss is nan at step 10: stopped; no checkpoint was saved"):
-    train.train_and_evaluate(small_config(), str(tmp_path / "a"))
+    return new_state, {**metrics, "loss": jnp.where(state.step >= from_step, jnp.nan, metrics["loss"])}
 
   def infinite_eval_loss(state, batch, **kwargs):
     return {**real_eval(state, batch, **kwargs), "loss": jnp.inf}
 
-  monkeypatch.setattr(classifier, "train_step", real_train)
-  monkeypatch.setattr(classifier, "eval_step", infinite_eval_loss)
-  with pytest.raises(FloatingPointError, match="eval loss is inf at step 40: stopped; the checkpoint of step 20 in "):
-    train.train_and_evaluate(small_config(), str(tmp_path / "b"))
+  if split == "train":
+    monkeypatch.setattr(classifier, "train_step", nan_train_loss)
+  else:
+    monkeypatch.setattr(classifier, "eval_step", infinite_eval_loss)
+  workdir = str(tmp_path / "run")
+  with pytest.raises(FloatingPointError, match=re.escape(message.format(workdir=workdir))):
+    train.train_and_evaluate(small_config(), workdir)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []) == ([] if kept is None else [str(kept)])
+  assert checkpoint.latest_step(workdir) == kept
 
 
 def start_two(workdir, port, *args):
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   cmd = [sys.executable, "-m", "deconv_jax.train", *LONG, "--config.batch_size=64", *args, f"--workdir={workdir}"]
   return [
     subprocess.Popen(
@@ -190,21 +188,18 @@ def start_two(workdir, port, *args):
   ]
 
 
-def free_port():
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_agree_on_the_preempted_step_and_resume_bitwise_equal(tmp_path):
-  """SIGTERM to one process (a scheduler signals each host): both save the same step, exit 0, and resume."""
+def test_two_processes_train_together_agree_on_the_preempted_step_and_resume_bitwise_equal(tmp_path):
+  """Two JAX processes of two CPU devices each on 127.0.0.1: one mesh of 4 devices, one checkpoint. SIGTERM to one
+  (a scheduler signals each host): both save the same step, exit 0, and resume."""
   straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")
   procs = start_two(straight, free_port())
   outputs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
+  assert "on 4 device(s)" in outputs[0][0] and "done:" in outputs[0][0]
+  assert "step" not in outputs[1][0] and "done:" not in outputs[1][0]  # only process 0 reports
+  data_dir = os.path.join(straight, "checkpoints", "300", "data")
+  assert sorted(os.listdir(data_dir)) == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
   procs = start_two(workdir, free_port())
   try:
     wait_for(lambda: checkpoint.latest_step(workdir) is not None, procs[0])

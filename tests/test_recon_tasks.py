@@ -1,14 +1,12 @@
 """The reconstruction tasks: the (tied) autoencoder, and the inversion of a frozen classifier's features."""
 
 import functools
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 
 from deconv_jax import checkpoint, data, eval_loop, tasks, train
 from deconv_jax import config as config_lib
@@ -22,14 +20,6 @@ SUMS = jax.jit(autoencoder.reconstruction_sums)  # one compile, not one per eage
 
 def _leaves(tree) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
-
-
-def _load_config(name: str):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -248,23 +238,6 @@ def test_the_inversion_trains_end_to_end_and_its_checkpoint_evaluates(tmp_path, 
     np.testing.assert_array_equal(a, b)
   again = eval_loop.evaluate_workdir(saved, workdir)
   assert again == pytest.approx({**metrics, "step": 20}, rel=1e-5)
-
-
-@pytest.mark.parametrize("name", ["autoencoder_tfds", "inversion_tfds"])
-def test_tfds_config_trains_under_mock_data(tmp_path, tfds, classifier_run, name):
-  c = _load_config(name)
-  c.num_train_steps = 3
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.autoencoder.features = (8, 8)
-  c.autoencoder.latent_dim = 4
-  c.generator.features = (8, 4)
-  c.generator.base_features = 8
-  c.inversion.classifier_workdir = classifier_run  # trained on 28x28x1 digits, as the mocked MNIST
-  with tfds.testing.mock_data(num_examples=16):
-    metrics = train.train_and_evaluate(c, str(tmp_path))
-  assert metrics["num_examples"] == 16
-  assert set(metrics) == METRICS
 
 
 def test_train_cli_names_a_bad_classifier_workdir(tmp_path, cli):
