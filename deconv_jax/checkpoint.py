@@ -1,4 +1,4 @@
-"""Checkpoints in ``WORKDIR/checkpoints`` with orbax: the train state and the data iterator, together.
+"""Checkpoints with orbax: the train state and the data iterator, together, in a run's checkpoint directory.
 
 What a run can count on:
 
@@ -29,28 +29,25 @@ class CheckpointError(RuntimeError):
   """A checkpoint cannot be written or no checkpoint can be read: the message is one line."""
 
 
-def directory(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """The run's checkpoint manager, keeping the last ``keep`` steps; removes what killed saves left."""
+def manager(directory: str, keep: int = 3) -> ocp.CheckpointManager:
+  """The checkpoint manager of ``directory`` (absolute), keeping the last ``keep`` steps; removes what killed saves
+  left."""
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
   )
-  return ocp.CheckpointManager(directory(workdir), options=options)
+  return ocp.CheckpointManager(directory, options=options)
 
 
-def steps(workdir: str) -> list[int]:
-  """The steps of the complete (finalized) checkpoints in ``workdir``, ascending, per orbax; creates nothing."""
-  if not os.path.isdir(directory(workdir)):
+def steps(directory: str) -> list[int]:
+  """The steps of the complete (finalized) checkpoints in ``directory``, ascending, per orbax; creates nothing."""
+  if not os.path.isdir(directory):
     return []
-  return sorted(ocp.path.step.checkpoint_steps(directory(workdir)))
+  return sorted(ocp.path.step.checkpoint_steps(directory))
 
 
-def latest_step(workdir: str) -> int | None:
-  """The latest complete checkpoint's step in ``workdir``, or None; creates nothing."""
-  return max(steps(workdir), default=None)
+def latest_step(directory: str) -> int | None:
+  """The latest complete checkpoint's step in ``directory``, or None; creates nothing."""
+  return max(steps(directory), default=None)
 
 
 def _one_line(e: BaseException) -> str:
@@ -108,13 +105,15 @@ def restore_latest(
   mngr: ocp.CheckpointManager,
   state_template: Any,
   data_iterator: Any | None = None,
+  *,
+  damaged: str,
   log: Callable[[str], None] = print,
 ) -> tuple[Any, int] | None:
   """``(state, step)`` of the newest checkpoint that restores, or None if there is no checkpoint.
 
   A checkpoint that fails to restore (a truncated or missing file) is reported through ``log``
-  in one line, moved to ``WORKDIR/damaged_checkpoints/<step>`` and the one before it is tried;
-  `CheckpointError` if none restores.
+  in one line, moved to ``damaged/<step>`` and the one before it is tried; `CheckpointError` if none
+  restores.
   """
   available = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(available):
@@ -122,7 +121,7 @@ def restore_latest(
       restored = restore(mngr, step, state_template, data_iterator)
     except Exception as e:
       # Moved aside, not deleted: the run will write this step again, and a person may want to look.
-      aside = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints", str(step))
+      aside = os.path.join(damaged, str(step))
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(aside), exist_ok=True)
         shutil.rmtree(aside, ignore_errors=True)
@@ -133,9 +132,8 @@ def restore_latest(
       continue
     return restored, step
   if available:
-    aside = os.path.join(os.path.dirname(str(mngr.directory)), "damaged_checkpoints")
     raise CheckpointError(
-      f"no checkpoint in {mngr.directory} could be restored (steps {available}, now in {aside}): "
+      f"no checkpoint in {mngr.directory} could be restored (steps {available}, now in {damaged}): "
       "run again to start from step 0"
     )
   return None

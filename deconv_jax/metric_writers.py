@@ -1,5 +1,5 @@
-"""Scalar metrics to ``WORKDIR/metrics.jsonl`` (one JSON object a line) and TensorBoard event files;
-image grids to ``WORKDIR/samples/`` as PNG and to TensorBoard.
+"""Scalar metrics to a JSON-lines file (one JSON object a line) and TensorBoard event files; image grids to a
+directory of PNGs and to TensorBoard. Where they go is the run directory's to say (`workdir.RunDir`).
 
 TensorBoard files are written with tensorboardX, which needs no TensorFlow.
 Only process 0 writes.
@@ -19,16 +19,17 @@ from deconv_jax import figures
 class MetricWriter:
   """``write(step, split, metrics)`` appends ``{"step", "split", **metrics}`` and logs ``split/name`` scalars."""
 
-  def __init__(self, workdir: str, resume_step: int | None = None):
-    """``resume_step``: the step a run resumes from; records of later steps (written before the run was
-    interrupted, and about to be written again) are dropped from ``metrics.jsonl`` first."""
+  def __init__(self, metrics: str, tensorboard: str, samples: str, resume_step: int | None = None):
+    """``metrics``: the JSON-lines file; ``tensorboard``, ``samples``: directories. ``resume_step``: the step a
+    run resumes from; records of later steps (written before the run was interrupted, and about to be written
+    again) are dropped from ``metrics`` first."""
     self._active = jax.process_index() == 0
     if not self._active:
       return
     from tensorboardX import SummaryWriter
 
-    self._workdir = workdir
-    path = os.path.join(workdir, "metrics.jsonl")
+    self._samples = samples
+    path = metrics
     if resume_step is not None and os.path.exists(path):
       with open(path) as f:
         lines = f.readlines()
@@ -38,7 +39,7 @@ class MetricWriter:
           f.writelines(kept)
         os.replace(path + ".tmp", path)
     self._jsonl = open(path, "a")  # noqa: SIM115 - open until close()
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = SummaryWriter(tensorboard)
 
   def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
     if not self._active:
@@ -50,15 +51,14 @@ class MetricWriter:
     self._tb.flush()
 
   def write_images(self, step: int, name: str, images: np.ndarray) -> str | None:
-    """A grid of ``images`` (``[0, 1]``) to ``samples/{name}_{step:06d}.png`` and TensorBoard; returns the path.
+    """A grid of ``images`` (``[0, 1]``) to ``{samples}/{name}_{step:06d}.png`` and TensorBoard; returns the path.
 
     ``images`` is ``[N, H, W, C]`` (8 a row) or laid out as ``[rows, cols, H, W, C]``.
     """
     if not self._active:
       return None
-    directory = os.path.join(self._workdir, "samples")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{name}_{step:06d}.png")
+    os.makedirs(self._samples, exist_ok=True)
+    path = os.path.join(self._samples, f"{name}_{step:06d}.png")
     images = np.asarray(images)
     cols = images.shape[1] if images.ndim == 5 else 8
     grid = figures.image_grid(images.reshape(-1, *images.shape[-3:]), cols)

@@ -85,18 +85,20 @@ def _train_and_evaluate(
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
   tasks.check_model_fits(task, config, info)  # Before any real work.
-  check_duration_unchanged(config, workdir, total_steps, len(train_source))
-  held.enter_context(workdir_lib.prepare(config, workdir))
+  run_dir = workdir_lib.RunDir(workdir)
+  found = run_dir.read()  # what the directory holds, read once for every decision below
+  check_duration_unchanged(config, found, workdir, total_steps, len(train_source))
+  held.enter_context(workdir_lib.prepare(config, workdir, found))
   state = task.create_state(config, init_rng, info, total_steps)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   train_iter = iter(data.train_loader(train_source, global_batch_size=config.batch_size, seed=config.seed))
 
   # ---------------------------------------------------------------- checkpoint restore
-  mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+  mngr = checkpoint.manager(run_dir.checkpoints, config.keep_checkpoints)
   held.callback(mngr.close)  # an open manager's threads would outlive the run
   start_step = 0
-  restored = checkpoint.restore_latest(mngr, state, train_iter, log=_log)
+  restored = checkpoint.restore_latest(mngr, state, train_iter, damaged=run_dir.damaged_checkpoints, log=_log)
   if restored is not None:
     state, _ = restored
     start_step = int(state.step)
@@ -126,7 +128,9 @@ def _train_and_evaluate(
       raise FloatingPointError(f"{split} {bad[0]} is {metrics[bad[0]]} at step {step}: stopped; {kept}")
 
   # ---------------------------------------------------------------- loop
-  writer = MetricWriter(workdir, resume_step=start_step if start_step < total_steps else None)
+  writer = MetricWriter(
+    run_dir.metrics, run_dir.tensorboard, run_dir.samples, resume_step=start_step if start_step < total_steps else None
+  )
   held.callback(writer.close)
   eval_metrics: dict[str, float] = {}
   step = start_step
@@ -199,17 +203,18 @@ def _train_and_evaluate(
   return eval_metrics
 
 
-def check_duration_unchanged(config: ml_collections.ConfigDict, workdir: str, total_steps: int, examples: int) -> None:
+def check_duration_unchanged(
+  config: ml_collections.ConfigDict, found: workdir_lib.Found, workdir: str, total_steps: int, examples: int
+) -> None:
   """Refuses to resume with another duration when the learning-rate schedule is built from it (one line).
 
   A cosine schedule decays to 0 at the run's last step: a resume that changed the duration would
   jump to another point of another curve. A constant schedule does not depend on it, so such a
-  run may be extended.
+  run may be extended. ``found``: what the run directory ``workdir`` holds (`workdir.RunDir.read`).
   """
-  saved = workdir_lib.saved_config(workdir)
-  if saved is None or checkpoint.latest_step(workdir) is None or config.optimizer.schedule == "constant":
+  if found.config is None or found.step is None or config.optimizer.schedule == "constant":
     return
-  started = config_lib.num_train_steps(saved, examples)
+  started = config_lib.num_train_steps(found.config, examples)
   if started != total_steps:
     key = "num_train_steps" if config.num_train_steps > 0 else "num_epochs"
     raise config_lib.ConfigError(

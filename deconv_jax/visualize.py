@@ -21,7 +21,6 @@ pick another split to search, e.g. the real MNIST test set::
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -234,6 +233,7 @@ def visualize_workdir(
   if config.task != "classifier":
     raise config_lib.ConfigError(f"visualize needs a classifier run; config.task is {config.task!r}")
   run = workdir_lib.restore(config, workdir, classifier, command="visualize")
+  run_dir = workdir_lib.RunDir(workdir)
   model = classifier.build_model(config, run.info.num_classes)
   variables = {"params": run.state.params}
   layers = [f"act{i}" for i in range(1, len(model.features) + 1)]
@@ -253,12 +253,12 @@ def visualize_workdir(
       projector(model, layer)(variables, selected, np.repeat(np.asarray(shown, np.int32), top_k))
     )
     page = layer_figure(selected, projections, positions, shown, receptive_field(model, i), layer, top_k)
-    paths.append(os.path.join(workdir, f"deconvnet_{layer}.png"))
+    paths.append(run_dir.figure(f"deconvnet_{layer}"))
     figures.save(page, paths[-1])
 
   panel = np.linspace(0, len(images_NHWC) - 1, num_images).round().astype(int)  # spread over the split
   predicted, maps = jax.device_get(_three_methods(model, variables, images_NHWC[panel]))
-  paths.append(os.path.join(workdir, "attribution_methods.png"))
+  paths.append(run_dir.figure("attribution_methods"))
   figures.save(methods_figure(images_NHWC[panel], labels_N[panel], predicted, maps), paths[-1])
   return paths
 

@@ -1,8 +1,20 @@
-"""A run directory (``--workdir``): preparing it, the config saved in it, and restoring the run it holds.
+"""A run directory (``--workdir``): every file of a run, preparing it, and restoring the run it holds.
 
-A run directory holds ``config.json`` (the config the run trained with) and ``checkpoints/``
-(`checkpoint`). `prepare` makes one ready for training; `restore` gives back what a finished
-or interrupted run left: its config, task, latest train state, step and the training data's info.
+`RunDir` is the one place that knows a run directory's layout; every module reaches a run's files
+through it:
+
+  config.json            the config the run trained with
+  checkpoints/           `checkpoint`'s orbax steps (state and data iterator)
+  damaged_checkpoints/   checkpoints that failed to restore, set aside
+  metrics.jsonl          one JSON record per logged step (`metric_writers`)
+  tensorboard/           TensorBoard event files
+  samples/               image grids written during training
+  <name>.png             figures a command writes into the run (`visualize`)
+  .lock                  held while a run trains in it (`Lock`)
+
+`RunDir.read` reads what start-up needs (the saved config and the latest step) once; `prepare` makes
+a directory ready for training; `restore` gives back what a finished or interrupted run left: its
+config, task, latest train state, step and the training data's info.
 
 The task is passed in, not looked up by name: the tasks themselves restore runs (the inversion
 task reads a classifier run), so this module sits below them and imports none.
@@ -42,13 +54,71 @@ class Run:
   info: data.DatasetInfo
 
 
-def _config_path(path: str) -> str:
-  return os.path.join(path, "config.json")
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """What a run directory holds at start-up: its saved config and its latest complete checkpoint's step."""
+
+  config: ml_collections.ConfigDict | None
+  step: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+  """The files of the run in ``path``, by what they are (the module docstring lists them)."""
+
+  path: str
+
+  def _file(self, *names: str) -> str:
+    return os.path.join(self.path, *names)
+
+  @property
+  def config(self) -> str:
+    return self._file("config.json")
+
+  @property
+  def checkpoints(self) -> str:
+    return os.path.join(os.path.abspath(self.path), "checkpoints")  # orbax wants an absolute path
+
+  @property
+  def damaged_checkpoints(self) -> str:
+    return self._file("damaged_checkpoints")
+
+  @property
+  def metrics(self) -> str:
+    return self._file("metrics.jsonl")
+
+  @property
+  def tensorboard(self) -> str:
+    return self._file("tensorboard")
+
+  @property
+  def samples(self) -> str:
+    return self._file("samples")
+
+  @property
+  def lock(self) -> str:
+    return self._file(".lock")
+
+  def figure(self, name: str) -> str:
+    """``<name>.png`` in the run directory."""
+    return self._file(f"{name}.png")
+
+  def saved_config(self) -> ml_collections.ConfigDict | None:
+    """The config saved in the run (`config.load_json`), or None if it holds none."""
+    return config_lib.load_json(self.config) if os.path.exists(self.config) else None
+
+  def latest_step(self) -> int | None:
+    """The latest complete checkpoint's step, or None; creates nothing."""
+    return checkpoint.latest_step(self.checkpoints)
+
+  def read(self) -> Found:
+    """The saved config and the latest step, each read once, for everything start-up decides."""
+    return Found(config=self.saved_config(), step=self.latest_step())
 
 
 def saved_config(path: str) -> ml_collections.ConfigDict | None:
-  """The config saved in run directory ``path`` (`config.load_json`), or None if it holds none."""
-  return config_lib.load_json(_config_path(path)) if os.path.exists(_config_path(path)) else None
+  """The config saved in run directory ``path``, or None if it holds none."""
+  return RunDir(path).saved_config()
 
 
 class Lock:
@@ -59,7 +129,7 @@ class Lock:
   """
 
   def __init__(self, path: str):
-    self._file = open(os.path.join(path, ".lock"), "a+")  # noqa: SIM115 - held open until release()
+    self._file = open(RunDir(path).lock, "a+")  # noqa: SIM115 - held open until release()
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -87,9 +157,13 @@ class Lock:
     self.release()
 
 
-def prepare(config: ml_collections.ConfigDict, path: str) -> contextlib.AbstractContextManager[Any]:
+def prepare(
+  config: ml_collections.ConfigDict, path: str, found: Found | None = None
+) -> contextlib.AbstractContextManager[Any]:
   """Creates ``path``, locks it (`Lock`, process 0) and saves ``config`` there; returns the lock, to release
-  when the run ends. Refuses a directory that another run holds or that holds another config's checkpoint."""
+  when the run ends. Refuses a directory that another run holds or that holds another config's checkpoint.
+  ``found``: what `RunDir.read` found there, if the caller has read it already."""
+  run_dir = RunDir(path)
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f".write_test.{os.getpid()}")
@@ -100,26 +174,26 @@ def prepare(config: ml_collections.ConfigDict, path: str) -> contextlib.Abstract
     raise config_lib.ConfigError(f"--workdir={path} is not writable: {e.strerror}") from None
   lock = Lock(path) if jax.process_index() == 0 else contextlib.nullcontext()
   try:
-    _check_and_save(config, path)
+    _check_and_save(config, run_dir, run_dir.read() if found is None else found)
   except BaseException:
     lock.__exit__(None, None, None)
     raise
   return lock
 
 
-def _check_and_save(config: ml_collections.ConfigDict, path: str) -> None:
-  if checkpoint.latest_step(path) is not None:
-    saved = saved_config(path)
-    if saved is None:
+def _check_and_save(config: ml_collections.ConfigDict, run_dir: RunDir, found: Found) -> None:
+  path = run_dir.path
+  if found.step is not None:
+    if found.config is None:
       raise config_lib.ConfigError(f"--workdir={path} holds checkpoints but no config.json: use a new --workdir")
-    diffs = config_lib.differences(saved, config)
+    diffs = config_lib.differences(found.config, config)
     if diffs:
       raise config_lib.ConfigError(
         f"--workdir={path} holds a checkpoint of a different config ({'; '.join(diffs[:3])}): "
         "use a new --workdir, or the config it was trained with"
       )
   if jax.process_index() == 0:
-    config_lib.save_json(config, _config_path(path))
+    config_lib.save_json(config, run_dir.config)
 
 
 def restore(config: ml_collections.ConfigDict, path: str, task: Any, command: str = "evaluate") -> Run:
@@ -129,11 +203,12 @@ def restore(config: ml_collections.ConfigDict, path: str, task: Any, command: st
   look at); anything else would not describe the checkpoint. ``command`` names the caller in errors.
   """
   config_lib.validate(config)
-  step = checkpoint.latest_step(path)
+  run_dir = RunDir(path)
+  found = run_dir.read()
+  step, saved = found.step, found.config
   if step is None:
     raise config_lib.ConfigError(f"--workdir={path} has no checkpoint: train first")
   info = data.get_info(config.dataset, config.dataset.eval_split)
-  saved = saved_config(path)
   if saved is None:
     raise config_lib.ConfigError(f"--workdir={path} has no config.json: not a training run directory")
   changed = [d for d in config_lib.differences(saved, config) if not d.startswith("dataset.")]
@@ -150,7 +225,7 @@ def restore(config: ml_collections.ConfigDict, path: str, task: Any, command: st
     )
   template = jax.eval_shape(lambda r: task.create_state(config, r, train_info, 1), jax.random.key(0))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-  mngr = checkpoint.manager(path, config.keep_checkpoints)
+  mngr = checkpoint.manager(run_dir.checkpoints, config.keep_checkpoints)
   state = checkpoint.restore(mngr, step, template)
   mngr.close()
   return Run(config=config, task=task, state=state, step=step, info=train_info)

@@ -12,6 +12,7 @@ from conftest import REPO
 from test_train import SMALL, assert_trees_close, final_params, small_config
 
 from deconv_jax import checkpoint, train
+from deconv_jax.workdir import RunDir
 
 ARGS = [*SMALL, "--config.log_every_steps=10", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=20"]
 ARGS += ["--config.optimizer.schedule=constant"]  # so that a run may be extended from 20 steps to 40
@@ -73,10 +74,10 @@ def test_a_full_disk_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(t
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: saving the checkpoint of step 40 in ") and "of step 20 is intact" in last, last
   assert "Traceback" not in result.stderr
-  assert checkpoint.steps(workdir) == [20]
+  assert checkpoint.steps(RunDir(workdir).checkpoints) == [20]
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*tmp*"))  # the failed save left nothing behind
   again = cli("deconv_jax.train", *ARGS, "--config.num_train_steps=40", f"--workdir={workdir}", check=True)
-  assert f"resumed from {workdir} at step 20" in again.stdout and checkpoint.latest_step(workdir) == 40
+  assert f"resumed from {workdir} at step 20" in again.stdout and RunDir(workdir).latest_step() == 40
 
 
 @pytest.mark.slow
@@ -85,10 +86,10 @@ def test_leftovers_of_a_killed_save_are_removed_at_start_up(tmp_path):
   train.train_and_evaluate(small_config(num_train_steps=20), workdir)
   leftover = os.path.join(workdir, "checkpoints", "40.orbax-checkpoint-tmp-1234567")
   os.makedirs(os.path.join(leftover, "state"))
-  assert checkpoint.steps(workdir) == [20]  # orbax does not count a temporary directory
+  assert checkpoint.steps(RunDir(workdir).checkpoints) == [20]  # orbax does not count a temporary directory
   train.train_and_evaluate(small_config(), workdir)
   assert not os.path.exists(leftover)
-  assert checkpoint.steps(workdir) == [20, 40]
+  assert checkpoint.steps(RunDir(workdir).checkpoints) == [20, 40]
 
 
 def test_a_failed_save_is_removed_even_while_its_last_writes_land(tmp_path):

@@ -16,9 +16,10 @@ import optax
 import pytest
 from flax.training import train_state
 
-from deconv_jax import checkpoint, models, optimizers, parallel, tasks, train, xla_cpu
 from deconv_jax import config as config_lib
+from deconv_jax import models, optimizers, parallel, tasks, train, xla_cpu
 from deconv_jax.tasks import gan
+from deconv_jax.workdir import RunDir
 
 
 class _Linear(nn.Module):
@@ -86,7 +87,7 @@ def test_a_toy_task_registered_in_one_line_trains(tmp_path, monkeypatch):
   c.task = "toy"
   workdir = str(tmp_path / "toy")
   metrics = train.train_and_evaluate(c, workdir)
-  assert 0 <= metrics["accuracy"] <= 1 and checkpoint.latest_step(workdir) == 2
+  assert 0 <= metrics["accuracy"] <= 1 and RunDir(workdir).latest_step() == 2
   assert [r["step"] for r in _records(workdir, "train")] == [2] and np.isfinite(_records(workdir, "train")[0]["loss"])
 
 
@@ -109,7 +110,7 @@ def test_a_toy_upsampler_registered_in_one_entry_trains_a_gan(tmp_path, monkeypa
   c.sample_every_steps = 2
   workdir = str(tmp_path / "gan")
   metrics = train.train_and_evaluate(c, workdir)
-  assert np.isfinite(metrics["d_loss"]) and checkpoint.latest_step(workdir) == 2
+  assert np.isfinite(metrics["d_loss"]) and RunDir(workdir).latest_step() == 2
   (record,) = _records(workdir, "train")
   assert record["step"] == 2 and np.isfinite(record["d_loss"]) and np.isfinite(record["g_loss"])
   # The generator that trained doubled 7x7 to 14x14 to 28x28 with the toy's layers.

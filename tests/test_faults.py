@@ -16,6 +16,7 @@ from test_train import SMALL, final_params, read_metrics, small_config
 
 from deconv_jax import checkpoint, train
 from deconv_jax import config as config_lib
+from deconv_jax.workdir import RunDir
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu")
 # Long enough to be interrupted; constant learning rate, checkpoints every 25 steps, augmented: its draws resume too.
@@ -65,28 +66,28 @@ def test_signals_and_kills_at_random_moments_each_resume_from_a_complete_checkpo
   workdir = str(tmp_path / "run")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   for sig in (signal.SIGTERM, signal.SIGINT):
-    before = checkpoint.latest_step(workdir)
+    before = RunDir(workdir).latest_step()
     proc = start(workdir)
-    wait_for(lambda before=before: checkpoint.latest_step(workdir) != before, proc)  # it (restored and) went on
-    saved = checkpoint.latest_step(workdir)
+    wait_for(lambda before=before: RunDir(workdir).latest_step() != before, proc)  # it (restored and) went on
+    saved = RunDir(workdir).latest_step()
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    stopped = checkpoint.latest_step(workdir)
+    stopped = RunDir(workdir).latest_step()
     assert f"preempted at step {stopped}: its checkpoint is saved; run the same command to resume" in out
     assert saved < stopped < 300 and "Traceback" not in err
     assert before is None or f"resumed from {workdir} at step {before}" in out, out
   rng = random.Random(0)
   for _ in range(4):
-    before = checkpoint.latest_step(workdir)
+    before = RunDir(workdir).latest_step()
     proc = start(workdir)
-    wait_for(lambda before=before: checkpoint.latest_step(workdir) != before, proc)  # it restored and went on
+    wait_for(lambda before=before: RunDir(workdir).latest_step() != before, proc)  # it restored and went on
     time.sleep(rng.uniform(0.0, 1.5))
     proc.kill()
     out, _ = proc.communicate(timeout=60)
     assert f"resumed from {workdir} at step {before}" in out, out
     assert len([d for d in os.listdir(ckpt_dir) if "tmp" in d]) <= 1  # at most the save the kill interrupted
-    if checkpoint.latest_step(workdir) == 300:
+    if RunDir(workdir).latest_step() == 300:
       break
   last = start(workdir)
   out, err = last.communicate(timeout=300)
@@ -127,7 +128,7 @@ def test_a_resume_that_changes_a_cosine_schedule_is_refused(tmp_path):
   train.train_and_evaluate(c, workdir)
   with pytest.raises(config_lib.ConfigError, match=r"config.num_train_steps: the run in .* has a cosine "):
     train.train_and_evaluate(small_config(**{"optimizer.schedule": "cosine", "num_train_steps": 40}), workdir)
-  assert checkpoint.steps(workdir) == [20]
+  assert checkpoint.steps(RunDir(workdir).checkpoints) == [20]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +170,7 @@ def test_non_finite_metrics_stop_the_run_and_keep_the_last_good_checkpoint(
     train.train_and_evaluate(small_config(), workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []) == ([] if kept is None else [str(kept)])
-  assert checkpoint.latest_step(workdir) == kept
+  assert RunDir(workdir).latest_step() == kept
 
 
 def start_two(workdir, port, *args):
@@ -202,14 +203,14 @@ def test_two_processes_train_together_agree_on_the_preempted_step_and_resume_bit
   assert sorted(os.listdir(data_dir)) == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
   procs = start_two(workdir, free_port())
   try:
-    wait_for(lambda: checkpoint.latest_step(workdir) is not None, procs[0])
+    wait_for(lambda: RunDir(workdir).latest_step() is not None, procs[0])
     procs[1].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=120) for p in procs]
   finally:
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], outputs
-  stopped = checkpoint.latest_step(workdir)
+  stopped = RunDir(workdir).latest_step()
   assert f"preempted at step {stopped}: its checkpoint is saved" in outputs[0][0] and stopped < 300
   procs = start_two(workdir, free_port())
   outputs = [p.communicate(timeout=300) for p in procs]

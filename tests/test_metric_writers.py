@@ -8,10 +8,12 @@ import numpy as np
 
 from deconv_jax.figures import image_grid
 from deconv_jax.metric_writers import MetricWriter
+from deconv_jax.workdir import RunDir
 
 
 def test_records_and_grids(tmp_path):
-  writer = MetricWriter(str(tmp_path))
+  run_dir = RunDir(str(tmp_path))
+  writer = MetricWriter(run_dir.metrics, run_dir.tensorboard, run_dir.samples)
   writer.write(10, "train", {"loss": 0.5})
   writer.write(10, "eval", {"accuracy": 0.75})
   # A [rows, cols, H, W, C] layout keeps its columns (a conditional GAN: one class per column).

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deconv_jax import checkpoint, data, eval_loop, tasks, train
 from deconv_jax import config as config_lib
+from deconv_jax import data, eval_loop, tasks, train
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, inversion
+from deconv_jax.workdir import RunDir
 
 METRICS = {"loss", "psnr", "ssim", "num_examples"}
 SUMS = jax.jit(autoencoder.reconstruction_sums)  # one compile, not one per eager op
@@ -219,7 +220,7 @@ def test_the_autoencoder_trains_end_to_end(tmp_path):
   assert set(metrics) == METRICS
   assert metrics["num_examples"] == 500
   assert all(np.isfinite(metrics[k]) for k in METRICS)
-  assert checkpoint.latest_step(workdir) == 20
+  assert RunDir(workdir).latest_step() == 20
   assert not os.path.exists(os.path.join(workdir, "images"))  # no samples grid: reconstructions need inputs
 
 
@@ -229,7 +230,7 @@ def test_the_inversion_trains_end_to_end_and_its_checkpoint_evaluates(tmp_path, 
   assert set(metrics) == METRICS
   assert metrics["num_examples"] == 500
   assert all(np.isfinite(metrics[k]) for k in METRICS)
-  assert checkpoint.latest_step(workdir) == 20
+  assert RunDir(workdir).latest_step() == 20
   saved = config_lib.load_json(os.path.join(workdir, "config.json"))
   run = workdir_lib.restore(saved, workdir, tasks.get(saved.task))
   assert run.task is tasks.get("inversion") and run.step == 20

@@ -14,9 +14,10 @@ import pytest
 from conftest import REPO, steps_over_processes
 from test_gan import GAN_ARGS
 
-from deconv_jax import checkpoint, data, tasks, train
 from deconv_jax import config as config_lib
+from deconv_jax import data, tasks, train
 from deconv_jax import workdir as workdir_lib
+from deconv_jax.workdir import RunDir
 
 SMALL = ("--config.model.features=(8, 16)", "--config.model.dense=(32,)")
 
@@ -60,7 +61,7 @@ sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 
 
 def final_params(workdir):
-  step = checkpoint.latest_step(workdir)
+  step = RunDir(workdir).latest_step()
   restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
   return step, restored["params"]
 
@@ -82,7 +83,7 @@ def test_training_reduces_loss_and_writes_outputs(tmp_path):
   assert train_rows[-1]["loss"] < 0.75 * train_rows[0]["loss"]
   assert metrics["num_examples"] == 500 and metrics["accuracy"] > 0.3  # chance is 0.1
   assert os.listdir(os.path.join(workdir, "tensorboard"))
-  assert checkpoint.latest_step(workdir) == 60
+  assert RunDir(workdir).latest_step() == 60
   assert config_lib.load_json(os.path.join(workdir, "config.json")).model.features == (8, 16)
 
 

@@ -27,7 +27,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import attribution, checkpoint, models, optimizers, parallel, xla_cpu
+from deconv_jax import attribution, models, optimizers, parallel, xla_cpu
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, classifier, gan
@@ -84,7 +84,7 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no config.json: give the workdir of a trained classifier run")
   if (task := saved.task) != "classifier":
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} is a {task!r} run, not a classifier run")
-  step = checkpoint.latest_step(workdir)
+  step = workdir_lib.RunDir(workdir).latest_step()
   if step is None:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no checkpoint: train the classifier first")
   model, params, trained_shape = _restore_classifier(os.path.abspath(workdir), step)

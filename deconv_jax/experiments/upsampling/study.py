@@ -175,7 +175,7 @@ def _real_set_name(config: ml_collections.ConfigDict) -> str:
 
 def _train_seconds(path: str, fallback: float) -> float:
   """Seconds of training recorded in the run's metrics (steps / steps_per_sec summed), else wall time."""
-  metrics = os.path.join(path, "metrics.jsonl")
+  metrics = workdir_lib.RunDir(path).metrics
   if not os.path.exists(metrics):
     return fallback
   seconds, last_step = 0.0, 0
