@@ -163,6 +163,7 @@ def test_guided_backprop_is_zero_where_the_forward_relu_was_inactive():
     assert np.any(deconv[inactive] != 0)  # the deconvnet ignores the mask, so the check above could fail
 
 
+@pytest.mark.slow
 def test_deconvnet_does_not_depend_on_the_forward_relu_masks():
   # Without pooling there are no switches: the deconvnet's backward pass sees nothing of the input.
   model = small_cnn(pool=1)

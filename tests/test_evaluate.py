@@ -28,6 +28,7 @@ def test_evaluate_reproduces_the_final_eval_of_training(trained, cli):
   assert metrics["loss"] == pytest.approx(train_metrics["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_evaluate_on_8_devices_matches_one(trained, cli):
   workdir, train_metrics = trained
   metrics = last_json(cli("deconv_jax.evaluate", f"--workdir={workdir}", devices=8, check=True).stdout)

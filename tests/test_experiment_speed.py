@@ -56,6 +56,7 @@ def test_peers_dense_flop_counts_match_the_peers_arithmetic():
   assert train_steps.peers_flops("configs/gan.py", config_lib.base()) is None
 
 
+@pytest.mark.slow
 def test_summarize_tables_project_records_beside_the_peers(tmp_path):
   summarize = os.path.join(PEERS_DIR, "summarize.py")
   if not os.path.exists(summarize):
@@ -130,6 +131,7 @@ def test_check_same_rejects_different_gradients():
     timing.check_same("x", [1.0, 2.0], [1.0, 2.5])
 
 
+@pytest.mark.slow
 def test_cli_prints_only_json_lines(cli):
   result = cli("deconv_jax.experiments.speed", "--only=max_pool_grad", "--repeats=1", "--steps=1", timeout=120)
   assert result.returncode == 0, result.stderr
@@ -148,6 +150,7 @@ def test_cli_bad_flag_is_one_line_error(cli, flag):
   assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
 
 
+@pytest.mark.slow
 def test_op_profile_names_what_each_op_computes():
   # The top 12: at batch 8 which ops lead differs by XLA version (jaxlib 0.7.2 spends longest on a reduction).
   records = op_profile.op_profile_benchmark("seedcnn", 8, steps=2, top=12)

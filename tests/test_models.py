@@ -77,6 +77,7 @@ def test_activation_is_a_swappable_field():
   np.testing.assert_allclose(linear_out, h @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_deconv_layer_is_deconv2d_of_its_kernel():
   layer = models.Deconv(features=3, kernel_size=4, strides=2)
   y = jax.random.normal(jax.random.key(0), (2, 5, 5, 6))

@@ -214,6 +214,7 @@ def _short(c):
   return c
 
 
+@pytest.mark.slow
 def test_the_autoencoder_trains_end_to_end(tmp_path):
   workdir = str(tmp_path)
   metrics = train.train_and_evaluate(_short(ae_config(True)), workdir)
@@ -224,6 +225,7 @@ def test_the_autoencoder_trains_end_to_end(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "images"))  # no samples grid: reconstructions need inputs
 
 
+@pytest.mark.slow
 def test_the_inversion_trains_end_to_end_and_its_checkpoint_evaluates(tmp_path, classifier_run):
   workdir = str(tmp_path)
   metrics = train.train_and_evaluate(_short(inv_config(classifier_run)), workdir)

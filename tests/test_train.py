@@ -216,6 +216,7 @@ def test_two_processes_of_2_devices_give_the_parameters_of_one_of_4(tmp_path, ta
 RECONSTRUCTION_METRICS = {"loss", "psnr", "ssim", "num_examples"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "task,metric_names",
   [

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import test_gan
 
 from deconv_jax import checkpoint, train
@@ -25,6 +26,7 @@ def named_by(run_dir):
   return {os.path.basename(p) for p in files}
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_what_its_run_dir_names(tmp_path):
   run_dir = RunDir(str(tmp_path / "run"))
   train.train_and_evaluate(tiny_gan(2), run_dir.path)
@@ -37,6 +39,7 @@ def test_a_run_writes_only_what_its_run_dir_names(tmp_path):
   assert run_dir.figure("deconvnet_act1") == os.path.join(run_dir.path, "deconvnet_act1.png")
 
 
+@pytest.mark.slow
 def test_a_resume_reads_the_saved_config_and_the_latest_step_once(tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tiny_gan(2), workdir)
