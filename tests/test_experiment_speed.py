@@ -150,6 +150,34 @@ def test_cli_bad_flag_is_one_line_error(cli, flag):
   assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
 
 
+def test_hlo_ops_describe_fusions_by_their_convolution_or_root_even_with_several_outputs():
+  hlo = """HloModule step
+
+%fused_conv (p0: f32[8,28,28,1], p1: f32[3,3,1,32]) -> f32[8,26,26,32] {
+  %p0 = f32[8,28,28,1]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,1,32]{3,2,1,0} parameter(1)
+  ROOT %convolution.1 = f32[8,26,26,32]{3,2,1,0} convolution(%p0, %p1), window={size=3x3}, dim_labels=b01f_01io->b01f
+}
+
+%fused_two (p0: f32[32], p1: f32[3,3]) -> (f32[32], f32[3,3]) {
+  %p0 = f32[32]{0} parameter(0)
+  %p1 = f32[3,3]{1,0} parameter(1)
+  ROOT %tuple = (f32[32]{0}, f32[3,3]{1,0}) tuple(%p0, %p1)
+}
+
+ENTRY %main (x: f32[8,28,28,1], k: f32[3,3,1,32]) -> f32[8,26,26,32] {
+  %x = f32[8,28,28,1]{3,2,1,0} parameter(0)
+  %k = f32[3,3,1,32]{3,2,1,0} parameter(1)
+  %fusion.2 = (f32[32]{0}, f32[3,3]{1,0}) fusion(%x, %k), kind=kLoop, calls=%fused_two
+  ROOT %fusion.1 = f32[8,26,26,32]{3,2,1,0} fusion(%x, %k), kind=kOutput, calls=%fused_conv
+}
+"""
+  described = op_profile.hlo_ops(hlo)
+  assert described["fusion.1"] == "convolution f32[8,26,26,32] window size=3x3"
+  assert described["fusion.2"] == "tuple f32[32], f32[3,3]"
+  assert described["x"] == "parameter f32[8,28,28,1]"
+
+
 @pytest.mark.slow
 def test_op_profile_names_what_each_op_computes():
   # The top 12: at batch 8 which ops lead differs by XLA version (jaxlib 0.7.2 spends longest on a reduction).

@@ -32,10 +32,11 @@ def hlo_ops(hlo_text: str) -> dict[str, str]:
       current.append(line.strip())
 
   def describe(instruction: str) -> str:
-    shape = re.match(r"[^=]+= (\S+)", instruction)
-    opcode = re.search(r"= \S+ ([\w\-]+)\(", instruction)
+    rest = instruction.split("= ", 1)[1] if "= " in instruction else ""
+    shape, rest = _split_shape(rest)
+    opcode = re.match(r"\s*([\w\-]+)\(", rest)
     window = re.search(r"window=\{([^}]*)\}", instruction)
-    layout_free = re.sub(r"\{[^}]*\}", "", shape.group(1)) if shape else ""
+    layout_free = re.sub(r"\{[^}]*\}", "", shape)
     text = f"{opcode.group(1) if opcode else '?'} {layout_free}"
     return text + (f" window {window.group(1)}" if window else "")
 
@@ -50,6 +51,20 @@ def hlo_ops(hlo_text: str) -> dict[str, str]:
       key = [i for i in body if re.search(r" (convolution|dot)\(", i)] or [i for i in body if i.startswith("ROOT")]
       ops_.setdefault(name.group(1), describe(key[0] if key else instruction))
   return ops_
+
+
+def _split_shape(text: str) -> tuple[str, str]:
+  """``"f32[8,3]{1,0} add(...)"`` -> ``("f32[8,3]{1,0}", " add(...)")``; a tuple shape (a fusion with several
+  outputs, ``"(f32[32], f32[3,3]) fusion(...)"``) is given without its outer parentheses."""
+  if not text.startswith("("):
+    shape, _, rest = text.partition(" ")
+    return shape, " " + rest
+  depth = 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if depth == 0:
+      return text[1:i], text[i + 1 :]
+  return text, ""
 
 
 def op_profile_benchmark(
