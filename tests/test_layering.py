@@ -25,7 +25,7 @@ FLOORS = [
   ["tasks.classifier", "tasks.gan", "tasks.autoencoder"],
   ["tasks.inversion"],  # a GAN's generator, scored as the autoencoder is, inverting a classifier run
   ["tasks"],  # the registry and the Task protocol
-  ["measure"],
+  ["measure", "deconvnet"],  # what a trained run shows: its generators measured, its classifier seen inside
   ["eval_loop"],
   ["cli"],
   ["train", "evaluate", "visualize"],  # the commands: nothing imports them, except an experiment

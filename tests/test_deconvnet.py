@@ -1,4 +1,4 @@
-"""``python -m deconv_jax.visualize``: receptive fields, the top-k search, and the figures of a trained run."""
+"""The deconvnet of a trained run: receptive fields, the top-k search, the figures, and the visualize command."""
 
 import os
 
@@ -12,15 +12,15 @@ from matplotlib.colors import to_rgba
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from deconv_jax import attribution, figures, models, visualize
+from deconv_jax import attribution, deconvnet, figures, models
 
 
 def test_receptive_fields_of_the_default_cnn():
   model = models.CNN()  # 3x3 VALID convs, 2x2 pools
-  assert [visualize.receptive_field(model, i) for i in (1, 2, 3)] == [(3, 1, 0), (8, 2, 0), (18, 4, 0)]
+  assert [deconvnet.receptive_field(model, i) for i in (1, 2, 3)] == [(3, 1, 0), (8, 2, 0), (18, 4, 0)]
   same = models.CNN(kernel_size=5, padding="SAME")
   # act2 unit i sees pool1 units i-2..i+2, which see rows 2(i-2)-2 .. 2(i+2)+3: start 2i-6, size 14.
-  assert [visualize.receptive_field(same, i) for i in (1, 2)] == [(5, 1, -2), (14, 2, -6)]
+  assert [deconvnet.receptive_field(same, i) for i in (1, 2)] == [(5, 1, -2), (14, 2, -6)]
 
 
 @pytest.mark.slow
@@ -40,8 +40,8 @@ def test_a_projection_stays_inside_the_receptive_field(kernel_size, padding, poo
   name = f"act{layer}"
   acts = attribution.activations(model, variables, x)[name]
   channels = np.asarray(acts.max(axis=(0, 1, 2)).argmax()).repeat(2)  # a live channel
-  projections, positions = visualize.projector(model, name)(variables, x, channels)
-  size, jump, start = visualize.receptive_field(model, layer)
+  projections, positions = deconvnet.projector(model, name)(variables, x, channels)
+  size, jump, start = deconvnet.receptive_field(model, layer)
   for b in range(2):
     top, left = (start + jump * int(p) for p in positions[b])
     inside = np.zeros(x.shape[1:3], bool)
@@ -56,7 +56,7 @@ def test_projector_batches_equal_one_by_one():
   x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
   variables = model.init(jax.random.key(1), x)
   channels = np.array([0, 1, 2, 3], np.int32)
-  project = visualize.projector(model, "act2")
+  project = deconvnet.projector(model, "act2")
   projections, _ = project(variables, x, channels)
   for b in range(4):
     target = attribution.strongest("act2", int(channels[b]))
@@ -66,13 +66,13 @@ def test_projector_batches_equal_one_by_one():
 
 def test_choose_picks_channels_whose_top_k_all_fire():
   maxima = np.array([[9.0, 0, 1, 5], [8, 0, 2, 5], [0, 0, 3, 5]])  # [N=3 images, C=4 channels]
-  channels, order = visualize.choose(maxima, top_k=2, num_channels=2, channels=())
+  channels, order = deconvnet.choose(maxima, top_k=2, num_channels=2, channels=())
   assert channels == [0, 3]  # 2nd-best activations: 8, 0, 2, 5
   np.testing.assert_array_equal(order, [[0, 1], [0, 1]])
-  channels, order = visualize.choose(maxima, top_k=3, num_channels=2, channels=())
+  channels, order = deconvnet.choose(maxima, top_k=3, num_channels=2, channels=())
   assert channels == [2, 3]  # 3rd-best: 0, 0, 1, 5
   np.testing.assert_array_equal(order[0], [2, 1, 0])
-  channels, order = visualize.choose(maxima, top_k=1, num_channels=4, channels=[1])
+  channels, order = deconvnet.choose(maxima, top_k=1, num_channels=4, channels=[1])
   assert channels == [1] and order.shape == (1, 1)
 
 
@@ -94,8 +94,8 @@ def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image(tmp_p
   images = np.zeros((3, 28, 28, 1), np.float32)
   ramp = np.linspace(-1, 2, 28 * 28).reshape(28, 28, 1)
   maps = {m: np.stack([(b + 1) * (i + 1) * ramp for b in range(3)]) for i, m in enumerate(attribution.METHODS)}
-  three = visualize.methods_figure(images, np.array([1, 2, 3]), np.array([1, 2, 4]), maps)
-  two = visualize.methods_figure(images[:2], np.array([1, 2]), np.array([1, 2]), {k: v[:2] for k, v in maps.items()})
+  three = deconvnet.methods_figure(images, np.array([1, 2, 3]), np.array([1, 2, 4]), maps)
+  two = deconvnet.methods_figure(images[:2], np.array([1, 2]), np.array([1, 2]), {k: v[:2] for k, v in maps.items()})
   panels = image_axes(three)
   assert len(panels) == 3 * 4 and len(image_axes(two)) == 2 * 4  # a row per image: it, then the 3 maps
   assert [ax.get_title() for ax in panels[:4]] == ["image", "saliency", "deconvnet", "guided backprop"]
@@ -104,7 +104,7 @@ def test_figure_text_is_readable_and_the_methods_table_has_a_row_per_image(tmp_p
     for j, m in enumerate(attribution.METHODS, start=1):  # each map on its own scale: 0 mid-gray, max|v| white
       shown = panels[4 * b + j].images[0].get_array()
       np.testing.assert_allclose(shown, 0.5 + 0.5 * maps[m][b, :, :, 0] / (2 * (b + 1) * j), rtol=1e-6)
-  assert visualize.SIGNED_SCALE in three.get_supxlabel()
+  assert deconvnet.SIGNED_SCALE in three.get_supxlabel()
   (bar,) = [ax for ax in three.axes if not ax.images]  # the maps' scale
   assert [t.get_text() for t in bar.get_yticklabels()] == ["-max|v|", "0", "+max|v|"]
   sizes = [t.get_fontsize() * figures.DPI / 72 for t in three.findobj(Text) if t.get_text().strip()]
@@ -118,7 +118,7 @@ def test_layer_figure_boxes_each_receptive_field_in_red():
   images = rng.uniform(size=(6, 28, 28, 1))  # 3 channels x top 2
   projections = rng.normal(size=(6, 28, 28, 1))
   positions = np.array([[0, 0], [3, 2], [1, 1], [2, 2], [0, 3], [3, 3]])  # act3 units (size 18, jump 4)
-  fig = visualize.layer_figure(images, projections, positions, [4, 7, 9], (18, 4, 0), "act3", 2)
+  fig = deconvnet.layer_figure(images, projections, positions, [4, 7, 9], (18, 4, 0), "act3", 2)
   panels = image_axes(fig)
   assert len(panels) == 3 * 3  # per channel: its images, their projections, the input under the field
   assert "act3" in fig.get_suptitle() and "receptive field 18x18" in fig.get_suptitle()
@@ -140,7 +140,7 @@ def test_top_activations_returns_every_image_with_its_label():
   source = data.get_source(config_lib.base().dataset, "validation")
   model = models.CNN(features=(4,), dense=(8,), num_classes=10)
   variables = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32))
-  images, labels, maxima = visualize.top_activations(model, variables, source, ["act1"], batch_size=128)
+  images, labels, maxima = deconvnet.top_activations(model, variables, source, ["act1"], batch_size=128)
   assert images.shape == (500, 28, 28, 1) and maxima["act1"].shape == (500, 4)
   np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(500)])
 
