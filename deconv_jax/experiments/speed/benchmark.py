@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -167,8 +166,7 @@ def main(argv: list[str]) -> None:
   config_lib.validate(FLAGS.config)
   xla_cpu.reuse_freed_memory()  # as train does: both paths of a step run in a process set up like train's
   if "train_step" in FLAGS.only:
-    info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
-    tasks.check_model_fits(tasks.get("classifier"), FLAGS.config, info)  # As train does, before any work.
+    tasks.check_model_fits(tasks.get("classifier"), FLAGS.config, train_steps.INFO)  # As train does, before any work.
   run_benchmarks(
     FLAGS.only,
     batch_sizes=[int(b) for b in FLAGS.batch_sizes],

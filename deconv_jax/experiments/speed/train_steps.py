@@ -25,6 +25,7 @@ from deconv_jax import config as config_lib
 from deconv_jax import parallel, tasks, xla_cpu
 from deconv_jax.experiments.speed import timing
 
+INFO = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)  # the synthetic data every step is timed on
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "configs")
 
 
@@ -116,7 +117,6 @@ class StepTimer:
   """
 
   def __init__(self, task: Any, config: ml_collections.ConfigDict, batch_size: int, plain: bool, seed: int = 0):
-    info = types.SimpleNamespace(image_shape=(28, 28, 1), num_classes=10)
     rng = np.random.default_rng(seed)
     self.rng = jax.random.key(seed)
     self.batch_size, self.plain = batch_size, plain
@@ -124,11 +124,11 @@ class StepTimer:
       dp = parallel.DataParallel()
       self.batch = dp.put_batch(
         {
-          "image": rng.random((batch_size, *info.image_shape), np.float32),
-          "label": rng.integers(0, info.num_classes, (batch_size,), np.int32),
+          "image": rng.random((batch_size, *INFO.image_shape), np.float32),
+          "label": rng.integers(0, INFO.num_classes, (batch_size,), np.int32),
         }
       )
-      self.state = dp.put_state(task.create_state(config, jax.random.key(seed), info, total_steps=1000))
+      self.state = dp.put_state(task.create_state(config, jax.random.key(seed), INFO, total_steps=1000))
       self.step_fn = dp.compile_train_step(
         lambda s, b, r, axis_name: task.train_step(s, b, r, config=config, axis_name=axis_name)
       )

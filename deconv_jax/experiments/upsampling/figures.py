@@ -8,8 +8,6 @@ from matplotlib.figure import Figure
 
 from deconv_jax import figures, quality
 
-save = figures.save  # the study saves what this module draws with this module alone
-
 
 def samples_figure(shown: list[tuple[str, np.ndarray]], seed: int, zoom: int = 2) -> Figure:
   """Each variant's samples ``[16, H, W, C]`` (a 4x4 grid, the same latents everywhere) side by side under its

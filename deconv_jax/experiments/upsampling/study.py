@@ -15,7 +15,7 @@ set ``measure.real_*``), and writes
 * ``DIR/results.json``: the same numbers, with every per-seed value;
 * ``DIR/samples.png``: the same 16 latents through every variant (the first seed), side by side;
 * ``DIR/spectrum.png``: the mean power spectrum of each variant's images and of the real set, its
-  ratio to the real set's, and a zoomed crop of one sample per variant (`figures.spectrum_figure`).
+  ratio to the real set's, and a zoomed crop of one sample per variant (`study_figures.spectrum_figure`).
 
 ``--seeds=N`` (default 1) trains every variant with each of the seeds ``config.seed``, ...,
 ``config.seed + N - 1``. The seed keys the initial parameters, the order of the training data and the
@@ -41,10 +41,11 @@ from absl import flags
 from ml_collections import config_flags
 
 # A driver, like a notebook: it runs `train` in-process, one run after another.
-from deconv_jax import cli, data, measure, quality, tasks, train
+from deconv_jax import cli, data, figures, measure, quality, tasks, train
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
-from deconv_jax.experiments.upsampling import checkerboard_check, figures, report, stats
+from deconv_jax.experiments.upsampling import checkerboard_check, report, stats
+from deconv_jax.experiments.upsampling import figures as study_figures
 from deconv_jax.experiments.upsampling.variants import VARIANTS, comparisons, init_state, variant_config
 
 NUM_SHOWN = 16
@@ -149,13 +150,13 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
     f.write(table + "\n")
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  figures.save(figures.samples_figure(shown, seeds[0]), os.path.join(workdir, "samples.png"))
+  figures.save(study_figures.samples_figure(shown, seeds[0]), os.path.join(workdir, "samples.png"))
   scores = {"real set": f"{len(real)} images"}
   for v in variants:
     score = results["variants"][v]["checkerboard_score"]
     scores[v] = f"checkerboard {stats.mean_std(score, 0 if score['mean'] >= 100 else 2)}"
   counts = f"{n} images per run" + (f", averaged over {len(seeds)} seeds" if len(seeds) > 1 else "")
-  figures.save(figures.spectrum_figure(spectra, crops, scores, counts), os.path.join(workdir, "spectrum.png"))
+  figures.save(study_figures.spectrum_figure(spectra, crops, scores, counts), os.path.join(workdir, "spectrum.png"))
   return table
 
 
