@@ -1,18 +1,24 @@
-"""The task registry and the `tasks.Task` protocol: every task module is registered and satisfies it."""
+"""The task registry and the `tasks.Task` protocol (every task module is registered and satisfies it), and which
+way each task's update moves the objective it is for."""
 
+import functools
 import importlib
 import inspect
 import pkgutil
 import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from deconv_jax import attribution, data, tasks, train
 from deconv_jax import config as config_lib
-from deconv_jax import tasks, train
+from deconv_jax.tasks import autoencoder, classifier, gan, inversion
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(tasks.__path__))  # tasks/ holds tasks only
 FUNCTIONS = ("create_state", "train_step", "eval_step", "eval_metrics")
 OPTIONAL = ("samples", "generate_many")
+INFO = data.DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples=16)
 
 
 def _parameters(fn, skip=0):
@@ -51,3 +57,126 @@ def test_an_unknown_task_is_a_config_error_naming_the_registered_ones(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     train.train_and_evaluate(c, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------
+# Which way each update goes: one step lowers the objective it is for, on a fixed batch. Each objective is
+# written here from its definition, not taken from the task's module, so a sign error there cannot cancel out.
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+  """16 embedded training digits, ``image`` [16, 28, 28, 1] in [0, 1] and ``label``."""
+  b = next(data.eval_batches(data.get_source(config_lib.base().dataset, "train"), global_batch_size=16))
+  return {"image": b["image"], "label": b["label"]}
+
+
+def _step(task, config, state, batch, rng):
+  return jax.jit(functools.partial(task.train_step, config=config))(state, batch, rng)
+
+
+def _small(task: str):
+  c = config_lib.base()
+  c.task = task
+  c.model.features, c.model.dense = (8, 16), (32,)
+  c.autoencoder.features = (8, 16)
+  c.generator.latent_dim, c.generator.base_features, c.generator.features = 8, 8, (8, 4)
+  c.discriminator.features = (8, 8)
+  return c
+
+
+def _mse(a, b):
+  return jnp.mean((a - b) ** 2)
+
+
+def _before_after(objective, before, after):
+  """``objective`` (jitted: one compile) at the parameters ``before`` and ``after`` the step, as floats."""
+  fn = jax.jit(objective)
+  return float(fn(before)), float(fn(after))
+
+
+def _to_unit(images, output_activation):  # the generator's output range -> [0, 1], unclipped
+  return (images + 1) / 2 if output_activation == "tanh" else images
+
+
+def classifier_objective(digits):
+  """Softmax cross-entropy of the labels, averaged over the batch."""
+  c = _small("classifier")
+  state = classifier.create_state(c, jax.random.key(0), INFO, 10)
+
+  def loss(params):
+    log_p = jax.nn.log_softmax(state.apply_fn({"params": params}, digits["image"]))
+    return -jnp.mean(jnp.take_along_axis(log_p, digits["label"][:, None], axis=1))
+
+  after, _ = _step(classifier, c, state, digits, jax.random.key(1))
+  return {"cross-entropy": _before_after(loss, state.params, after.params)}
+
+
+def autoencoder_objective(digits):
+  """Mean squared error of the reconstructions."""
+  c = _small("autoencoder")
+  state = autoencoder.create_state(c, jax.random.key(0), INFO, 10)
+  loss = lambda params: _mse(state.apply_fn({"params": params}, digits["image"]), digits["image"])
+  after, _ = _step(autoencoder, c, state, digits, jax.random.key(1))
+  return {"reconstruction MSE": _before_after(loss, state.params, after.params)}
+
+
+def inversion_objective(digits, classifier_workdir):
+  """Mean squared error of the images the generator makes from the frozen classifier's pool2 features."""
+  c = _small("inversion")
+  c.inversion.classifier_workdir, c.inversion.layer = classifier_workdir, "pool2"
+  state = inversion.create_state(c, jax.random.key(0), INFO, 10)
+  acts = attribution.activations(state.classifier, {"params": state.classifier_params}, digits["image"])["pool2"]
+  features = acts.reshape(len(acts), -1)
+
+  def loss(params):  # the generator in training mode (batch statistics), as its step runs it
+    g_vars = {"params": params, "batch_stats": state.batch_stats}
+    out, _ = state.generator.apply(g_vars, features, train=True, mutable=["batch_stats"])
+    return _mse(_to_unit(out, state.generator.output_activation), digits["image"])
+
+  after, _ = _step(inversion, c, state, digits, jax.random.key(1))
+  return {"reconstruction MSE": _before_after(loss, state.params, after.params)}
+
+
+def gan_objectives(digits):
+  """The non-saturating GAN (Goodfellow et al. 2014): D minimizes -log D(x) - log(1 - D(G(z))), then G
+  minimizes -log D(G(z)) against the updated D, with softplus(-l) = -log sigmoid(l) of D's logits l."""
+  c = _small("gan")
+  state = gan.create_state(c, jax.random.key(0), INFO, 10)
+  rng = jax.random.key(1)
+  z = gan._latents(rng, 0, len(digits["image"]), c.generator.latent_dim)  # the step's latents
+  real = digits["image"] * 2 - 1  # tanh's range
+
+  def fakes(g_params):
+    g_vars = {"params": g_params, "batch_stats": state.batch_stats}
+    return state.generator.apply(g_vars, z, train=True, mutable=["batch_stats"])[0]
+
+  def d_logits(d_params, images):
+    return state.discriminator.apply({"params": d_params}, images)
+
+  def d_loss(d_params):
+    fake = fakes(state.params["generator"])
+    return jnp.mean(jax.nn.softplus(-d_logits(d_params, real)) + jax.nn.softplus(d_logits(d_params, fake)))
+
+  after, _ = _step(gan, c, state, digits, rng)
+  d_after = after.params["discriminator"]
+  g_loss = lambda g_params: jnp.mean(jax.nn.softplus(-d_logits(d_after, fakes(g_params))))
+  return {
+    "discriminator loss": _before_after(d_loss, state.params["discriminator"], d_after),
+    "generator loss against the updated discriminator": _before_after(
+      g_loss, state.params["generator"], after.params["generator"]
+    ),
+  }
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_one_step_lowers_the_objective_it_optimizes(name, digits, request):
+  if name == "inversion":
+    found = inversion_objective(digits, request.getfixturevalue("classifier_run")[0])
+  else:
+    found = {"classifier": classifier_objective, "autoencoder": autoencoder_objective, "gan": gan_objectives}[name](
+      digits
+    )
+  for objective, (before, after) in found.items():
+    assert after < before, f"{name}: one step moved the {objective} from {before:.6f} to {after:.6f}"
