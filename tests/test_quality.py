@@ -3,8 +3,10 @@
 import itertools
 import re
 
+import jax
 import numpy as np
 import pytest
+import scipy
 
 from deconv_jax import quality
 
@@ -235,3 +237,46 @@ def test_ssim_of_identical_images_is_one_and_of_noise_is_low():
   assert quality.ssim(images, rng.uniform(size=images.shape)) < 0.5
   with pytest.raises(ValueError, match="equal shape"):
     quality.ssim(images, images[:1])
+
+
+# ----------------------------------------------------------------------------
+# The measurements as `evaluate` takes them (`measure.generated_quality` with a trained classifier run's
+# features), on generated sets whose answers are known.
+# ----------------------------------------------------------------------------
+
+
+def test_generated_quality_on_sets_with_known_answers(classifier_run):
+  from deconv_jax import config as config_lib
+  from deconv_jax import measure, workdir
+  from deconv_jax.tasks import classifier
+
+  run_dir = classifier_run[0]
+  featurizer = measure.Featurizer(run_dir)
+  real = measure.all_images(config_lib.base().dataset, "validation")
+  saved = workdir.saved_config(run_dir)
+  run = workdir.restore(saved, run_dir, classifier)
+  logits_of = jax.jit(classifier.build_model(saved, 10).apply)
+
+  def score_by_definition(images):  # exp(E_x KL(p(y|x) || p(y))), p(y|x) the classifier's softmax
+    p = scipy.special.softmax(np.asarray(logits_of({"params": run.state.params}, images), np.float64), axis=1)
+    return float(np.exp(np.mean(np.sum(p * np.log(p / p.mean(0)), axis=1))))
+
+  same = measure.generated_quality(real, real, featurizer)  # the real set against itself
+  assert same["num_generated"] == same["num_real"] == len(real) == 500
+  assert same["fid"] == pytest.approx(0, abs=1e-3) and same["checkerboard_score"] == pytest.approx(1)
+  assert same["classifier_score"] == pytest.approx(score_by_definition(real), rel=1e-4)
+  assert same["classifier_score"] > 2  # a trained classifier tells ten kinds of digit apart
+
+  i, j = grid(*real.shape[1:3])
+  checkered = np.clip(real + 0.2 * as_nhwc((-1.0) ** (i + j)), 0, 1)  # the real digits with a checkerboard
+  found = measure.generated_quality(checkered, real, featurizer)
+  share = quality.checkerboard_share
+  assert (
+    found["checkerboard_score"] == pytest.approx(share(checkered) / share(real)) and found["checkerboard_score"] > 2
+  )
+  assert found["fid"] > 1
+
+  one = np.repeat(real[:1], 100, axis=0)  # one digit over and over: a single predicted distribution
+  found = measure.generated_quality(one, real, featurizer)
+  assert found["classifier_score"] == pytest.approx(1) and found["num_generated"] == 100
+  assert found["fid"] > same["fid"] + 1
