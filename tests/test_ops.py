@@ -852,23 +852,41 @@ def unpool_and_vjp(x, ct, window, strides):
   return jax.jit(both)(x, ct)
 
 
+def tied_windows(x, window, strides):
+  """How many pooling windows of ``x`` [N, H, W, C] hold their maximum more than once."""
+  (kh, kw), (sh, sw) = as_pair_(window), as_pair_(window if strides is None else strides)
+  x, count = np.asarray(x), 0
+  for r in range(0, x.shape[1] - kh + 1, sh):
+    for c in range(0, x.shape[2] - kw + 1, sw):
+      patch = x[:, r : r + kh, c : c + kw]  # [N, kh, kw, C]
+      count += int(np.sum(np.sum(patch == patch.max(axis=(1, 2), keepdims=True), axis=(1, 2)) > 1))
+  return count
+
+
+def as_pair_(v):
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# Each kind of input is run (not drawn), and the tie kinds keep only examples that have a tie.
 @pytest.mark.slow
-@SETTINGS
-@given(pool_cases(), SEEDS, st.sampled_from(["distinct", "relu", "few_values"]))
-def test_unpool_with_switches_is_the_max_pool_vjp(case, seed, values):
+@pytest.mark.parametrize("values", ["distinct", "relu", "few_values"])
+@settings(SETTINGS, max_examples=12)
+@given(case=pool_cases(), seed=SEEDS)
+def test_unpool_with_switches_is_the_max_pool_vjp(values, case, seed):
   window, strides, _, _, shape = case
   x = {
     "distinct": lambda: distinct(seed, shape),
     "relu": lambda: jnp.maximum(randn(seed, shape), 0),  # ties: windows of zeros
     "few_values": lambda: jax.random.randint(jax.random.key(seed), shape, 0, 2).astype(jnp.float32),
   }[values]()
+  assume(values == "distinct" or tied_windows(x, window, strides) > 0)
   out_hw = ops.max_pool_output_shape(shape[1:3], window, strides)
   ct = randn(seed + 1, (shape[0], *out_hw, shape[3]))
   unpooled, vjp = unpool_and_vjp(x, ct, window, strides)
   np.testing.assert_allclose(unpooled, vjp, rtol=1e-6, atol=1e-6)
 
 
-def test_switches_on_ties():
+def test_switches_and_the_max_pool_gradient_on_ties():
   # One window with maxima at (0, 0), (0, 1) and (1, 1): all of it goes to the first in row-major order, (0, 0).
   x = jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1)
   first = ops.unpool_with_switches(jnp.ones((1, 1, 1, 1)), ops.max_pool_switches(x, 2), (2, 2))
@@ -886,6 +904,14 @@ def test_switches_on_ties():
   np.testing.assert_array_equal(overlapping[0, ..., 0], [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
   for values, pooled in [(first, 1), (zeros, 5), (overlapping, 4)]:  # nothing lost, nothing made
     assert float(values.sum()) == pytest.approx(pooled)
+  # max_pool's gradient routes ties the same way, through both of its paths (non-overlapping windows, overlapping).
+  for pooled_x, window, strides, ct, expected in [
+    (jnp.array([[1.0, 1.0], [0.0, 1.0]]).reshape(1, 2, 2, 1), 2, None, jnp.ones((1, 1, 1, 1)), first),
+    (jnp.zeros((1, 2, 2, 1)), 2, None, jnp.full((1, 1, 1, 1), 5.0), zeros),
+    (x, 2, 1, jnp.ones((1, 2, 2, 1)), overlapping),
+  ]:
+    (grad,) = jax.vjp(lambda v, w=window, s=strides: ops.max_pool(v, w, s), pooled_x)[1](ct)
+    np.testing.assert_array_equal(grad, expected)
 
 
 def tied(seed, shape, kind):
