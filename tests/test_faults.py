@@ -57,12 +57,33 @@ def assert_bitwise_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+def partial_saves(ckpt_dir):
+  """The saves in progress (or cut short): orbax writes ``<step>.orbax-checkpoint-tmp-*``, then renames it."""
+  return [d for d in os.listdir(ckpt_dir) if "orbax-checkpoint-tmp" in d] if os.path.isdir(ckpt_dir) else []
+
+
+def kill_inside_a_save(proc, ckpt_dir, timeout=120):
+  """SIGKILLs ``proc`` while it writes a checkpoint: on seeing a partial save it stops the process (SIGSTOP), and
+  kills it if the save is still partial, else lets it go on (SIGCONT) to the next save."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if partial_saves(ckpt_dir):
+      proc.send_signal(signal.SIGSTOP)
+      if partial_saves(ckpt_dir):
+        proc.kill()
+        return
+      proc.send_signal(signal.SIGCONT)
+    time.sleep(0.001)
+  raise AssertionError("no save was caught in progress")
+
+
 @pytest.mark.slow
 def test_signals_and_kills_at_random_moments_each_resume_from_a_complete_checkpoint_and_end_bitwise_equal(
   tmp_path, uninterrupted
 ):
-  """SIGTERM, then SIGINT: each saves and exits 0. Then SIGKILL after random delays, saves included (every 25 steps):
-  nothing partial piles up. Each restart resumes from the last complete checkpoint; the end is the uninterrupted end."""
+  """SIGTERM, then SIGINT: each saves and exits 0. Then SIGKILL inside a save, and after random delays (saves every
+  25 steps): nothing partial piles up. Each restart resumes from the last complete checkpoint; the end is the
+  uninterrupted end."""
   workdir = str(tmp_path / "run")
   ckpt_dir = os.path.join(workdir, "checkpoints")
   for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,6 +98,14 @@ def test_signals_and_kills_at_random_moments_each_resume_from_a_complete_checkpo
     assert f"preempted at step {stopped}: its checkpoint is saved; run the same command to resume" in out
     assert saved < stopped < 300 and "Traceback" not in err
     assert before is None or f"resumed from {workdir} at step {before}" in out, out
+  # The first kill lands inside a save, for certain; the others at random moments.
+  before = RunDir(workdir).latest_step()
+  proc = start(workdir)
+  wait_for(lambda: RunDir(workdir).latest_step() != before, proc)  # it restored, cleared old partial saves, went on
+  kill_inside_a_save(proc, ckpt_dir)
+  out, _ = proc.communicate(timeout=60)
+  assert f"resumed from {workdir} at step {before}" in out, out
+  assert len(partial_saves(ckpt_dir)) == 1  # the save the kill interrupted
   rng = random.Random(0)
   for _ in range(4):
     before = RunDir(workdir).latest_step()
@@ -86,13 +115,13 @@ def test_signals_and_kills_at_random_moments_each_resume_from_a_complete_checkpo
     proc.kill()
     out, _ = proc.communicate(timeout=60)
     assert f"resumed from {workdir} at step {before}" in out, out
-    assert len([d for d in os.listdir(ckpt_dir) if "tmp" in d]) <= 1  # at most the save the kill interrupted
+    assert len(partial_saves(ckpt_dir)) <= 1  # at most the save the kill interrupted
     if RunDir(workdir).latest_step() == 300:
       break
   last = start(workdir)
   out, err = last.communicate(timeout=300)
   assert last.returncode == 0, err
-  assert not [d for d in os.listdir(ckpt_dir) if "tmp" in d]
+  assert not partial_saves(ckpt_dir)
   (s1, p1), (s2, p2) = uninterrupted, final_params(workdir)
   assert s1 == s2 == 300
   assert_bitwise_equal(p1, p2)
