@@ -83,6 +83,7 @@ def test_relu_rules_backward():
   for method, want in expected.items():
     y, vjp = jax.vjp(attribution.RELU_RULES[method], x)
     np.testing.assert_array_equal(y, jnp.maximum(x, 0))
+    np.testing.assert_array_equal(attribution.RELU_RULES[method](x), y)  # the forward pass alone, not under vjp
     np.testing.assert_array_equal(vjp(g)[0], want, err_msg=method)
 
 
