@@ -48,7 +48,6 @@ _BACKWARD_RULES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 def _relu_with_rule(method: str) -> Callable[[jax.Array], jax.Array]:
   backward = _BACKWARD_RULES[method]
 
-  @jax.custom_vjp
   def relu(x):
     return jnp.maximum(x, 0)
 
@@ -58,8 +57,10 @@ def _relu_with_rule(method: str) -> Callable[[jax.Array], jax.Array]:
   def bwd(active, g):
     return (backward(active.astype(g.dtype), g),)
 
+  # Named before custom_vjp wraps it: a jaxpr of an attribution then says which rule each ReLU runs.
+  relu.__name__ = relu.__qualname__ = f"relu_{method}"
+  relu = jax.custom_vjp(relu)
   relu.defvjp(fwd, bwd)
-  relu.__name__ = f"relu_{method}"
   return relu
 
 

@@ -1,5 +1,6 @@
 """attribution: one VJP, three ReLU rules; each property checked against a computation that does not use it."""
 
+import re
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -84,6 +85,8 @@ def test_relu_rules_backward():
     y, vjp = jax.vjp(attribution.RELU_RULES[method], x)
     np.testing.assert_array_equal(y, jnp.maximum(x, 0))
     np.testing.assert_array_equal(attribution.RELU_RULES[method](x), y)  # the forward pass alone, not under vjp
+    # A traced model says which rule each of its ReLUs runs.
+    assert f"name=relu_{method}\n" in str(jax.make_jaxpr(attribution.RELU_RULES[method])(x))
     np.testing.assert_array_equal(vjp(g)[0], want, err_msg=method)
 
 
@@ -353,9 +356,17 @@ def test_rules_that_need_a_relu_network_say_so():
   model = small_cnn(activation=nn.gelu)
   x = images(1)
   variables = model.init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match=r"method='deconvnet' needs a ReLU network; CNN\.activation is gelu"):
-    attribution.attribute(model, variables, x, attribution.logit(0), "deconvnet")
-  with pytest.raises(ValueError, match="method='gradcam' is not allowed"):
-    attribution.attribute(model, variables, x, attribution.logit(0), "gradcam")
-  with pytest.raises(ValueError, match="has no field 'activation'"):
+  for method, message in [
+    ("deconvnet", "method='deconvnet' needs a ReLU network; CNN.activation is gelu"),
+    ("guided_backprop", "method='guided_backprop' needs a ReLU network; CNN.activation is gelu"),
+    ("gradcam", "method='gradcam' is not allowed: one of ('saliency', 'deconvnet', 'guided_backprop')"),
+  ]:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+      attribution.attribute(model, variables, x, attribution.logit(0), method)
+  message = "Dense has no field 'activation': the activation must be a module field"
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     attribution.with_relu_rule(nn.Dense(3), "deconvnet")
+  # Saliency needs no ReLU: the network is used as it is, and the map is its gradient.
+  assert attribution.with_relu_rule(model, "saliency") is model
+  got = attribution.attribute(model, variables, x, attribution.logit(0), "saliency")
+  np.testing.assert_allclose(got, jax.grad(lambda v: model.apply(variables, v)[0, 0])(x), rtol=1e-6, atol=1e-7)
