@@ -90,6 +90,35 @@ def test_relu_rules_backward():
     np.testing.assert_array_equal(vjp(g)[0], want, err_msg=method)
 
 
+def test_activations_are_the_sown_values_in_order_and_the_submodules_outputs():
+  model = small_cnn()
+  x = images(2)
+  variables = model.init(jax.random.key(0), x)
+  sown = attribution.activations(model, variables, x, submodules=False)
+  every = attribution.activations(model, variables, x)
+  assert list(sown) == ["act1", "pool1", "act2", "pool2", "hidden1", "logits"]
+  assert list(every) == [
+    "output",
+    "conv1",
+    "act1",
+    "pool1",
+    "conv2",
+    "act2",
+    "pool2",
+    "dense1",
+    "hidden1",
+    "head",
+    "logits",
+  ]
+  logits = model.apply(variables, x)
+  for acts in (sown, every):
+    np.testing.assert_array_equal(acts["logits"], logits)
+    np.testing.assert_array_equal(acts["pool1"], ops.max_pool(acts["act1"], 2))
+  np.testing.assert_array_equal(every["output"], logits)
+  np.testing.assert_array_equal(every["act1"], jnp.maximum(every["conv1"], 0))  # a submodule's output: pre-ReLU
+  np.testing.assert_array_equal(every["head"], logits)
+
+
 # ---------------------------------------------------------------- saliency is the gradient
 
 
