@@ -119,6 +119,36 @@ def test_activations_are_the_sown_values_in_order_and_the_submodules_outputs():
   np.testing.assert_array_equal(every["head"], logits)
 
 
+class Block(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    self.sow("intermediates", "act", h)
+    return h
+
+
+class Nested(nn.Module):
+  """A module of submodules, one of them with its own submodule and sown value."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = Block(name="block")(x)
+    return nn.Dense(3, name="dense")(h.reshape(h.shape[0], -1))
+
+
+def test_activations_of_nested_modules_are_named_by_their_paths():
+  x = images(2, hw=6)
+  model = Nested()
+  variables = model.init(jax.random.key(0), x)
+  acts = attribution.activations(model, variables, x)
+  assert list(acts) == ["output", "block/conv", "block/act", "block", "dense"]
+  np.testing.assert_array_equal(acts["block/act"], jnp.maximum(acts["block/conv"], 0))
+  np.testing.assert_array_equal(acts["block"], acts["block/act"])
+  np.testing.assert_array_equal(acts["dense"], model.apply(variables, x))
+  np.testing.assert_array_equal(acts["output"], acts["dense"])
+  assert list(attribution.activations(model, variables, x, submodules=False)) == ["block/act"]
+
+
 # ---------------------------------------------------------------- saliency is the gradient
 
 
@@ -399,3 +429,4 @@ def test_rules_that_need_a_relu_network_say_so():
   assert attribution.with_relu_rule(model, "saliency") is model
   got = attribution.attribute(model, variables, x, attribution.logit(0), "saliency")
   np.testing.assert_allclose(got, jax.grad(lambda v: model.apply(variables, v)[0, 0])(x), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(attribution.attribute(model, variables, x, attribution.logit(0)), got)  # the default

@@ -838,8 +838,31 @@ def test_max_pool_drops_trailing_and_rejects_small_input():
   out = ops.max_pool(x, 2)
   assert out.shape == (1, 2, 3, 2)
   np.testing.assert_array_equal(out, x[:, 1:4:2, 1:6:2])
-  with pytest.raises(ValueError, match="window"):
+  with pytest.raises(ValueError, match=r"^max_pool window \(6, 6\) is larger than the 5x7 input$"):
     ops.max_pool(x, 6)
+
+
+def test_pooling_defaults_to_2x2_windows_at_their_own_stride_and_names_bad_arguments():
+  x = jnp.arange(2.0 * 6 * 8).reshape(1, 6, 8, 2)[..., ::-1]
+  np.testing.assert_array_equal(ops.max_pool(x), ops.max_pool(x, (2, 2), (2, 2)))
+  switches = ops.max_pool_switches(x)
+  np.testing.assert_array_equal(switches, ops.max_pool_switches(x, (2, 2), (2, 2)))
+  assert ops.max_pool_output_shape((6, 8)) == (3, 4) and ops.max_pool_output_shape((6, 8), 3) == (2, 2)
+  y = ops.max_pool(x)
+  np.testing.assert_array_equal(
+    ops.unpool_with_switches(y, switches, (6, 8)), ops.unpool_with_switches(y, switches, (6, 8), 2)
+  )
+  for name, call in [
+    ("window", lambda: ops.max_pool(x, 0)),
+    ("strides", lambda: ops.max_pool(x, 2, 0)),
+    ("window", lambda: ops.max_pool_switches(x, 0)),
+    ("strides", lambda: ops.max_pool_switches(x, 2, 0)),
+    ("window", lambda: ops.max_pool_output_shape((6, 8), 0)),
+    ("strides", lambda: ops.max_pool_output_shape((6, 8), 2, 0)),
+    ("strides", lambda: ops.unpool_with_switches(y, switches, (6, 8), 0)),
+  ]:
+    with pytest.raises(ValueError, match=f"^{name} must be >= 1, got 0$"):
+      call()
 
 
 def unpool_and_vjp(x, ct, window, strides):
