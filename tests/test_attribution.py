@@ -149,6 +149,26 @@ def test_activations_of_nested_modules_are_named_by_their_paths():
   assert list(attribution.activations(model, variables, x, submodules=False)) == ["block/act"]
 
 
+def test_targets_select_what_they_name():
+  model = small_cnn()
+  x = images(3)
+  acts = attribution.activations(model, variables := model.init(jax.random.key(0), x), x)
+  per_example = jnp.array([4, 0, 2])
+  np.testing.assert_array_equal(attribution.logit(2)(acts), acts["output"][:, 2])
+  np.testing.assert_array_equal(attribution.logit(per_example)(acts), acts["output"][jnp.arange(3), per_example])
+  np.testing.assert_array_equal(attribution.logit(1, "logits")(acts), acts["logits"][:, 1])
+  np.testing.assert_array_equal(attribution.layer("pool1")(acts), acts["pool1"])
+  np.testing.assert_array_equal(attribution.channel("act2", 1)(acts), acts["act2"][..., 1])
+  np.testing.assert_array_equal(
+    attribution.channel("act2", per_example)(acts), acts["act2"][jnp.arange(3), :, :, per_example]
+  )
+  np.testing.assert_array_equal(attribution.unit("act2", (1, 2, 3))(acts), acts["act2"][:, 1, 2, 3])
+  np.testing.assert_array_equal(attribution.unit("hidden1", (5,))(acts), acts["hidden1"][:, 5])
+  message = "seed='zeros' is not allowed: 'ones' or 'values'"
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    attribution.attribute(model, variables, x, attribution.logit(0), seed="zeros")
+
+
 # ---------------------------------------------------------------- saliency is the gradient
 
 
