@@ -280,3 +280,43 @@ def test_generated_quality_on_sets_with_known_answers(classifier_run):
   found = measure.generated_quality(one, real, featurizer)
   assert found["classifier_score"] == pytest.approx(1) and found["num_generated"] == 100
   assert found["fid"] > same["fid"] + 1
+
+
+def test_featurizer_refuses_what_is_not_a_classifier_run(tmp_path):
+  from deconv_jax import config as config_lib
+  from deconv_jax import measure
+
+  gan_run = tmp_path / "gan"
+  gan_run.mkdir()
+  c = config_lib.base()
+  c.task = "gan"
+  config_lib.save_json(c, str(gan_run / "config.json"))
+  for workdir, key, message in [
+    ("", "measure.classifier_workdir", "config.measure.classifier_workdir='' is not a training run (no config.json)"),
+    (str(tmp_path), "measure.real", f"config.measure.real={str(tmp_path)!r} is not a training run (no config.json)"),
+    (
+      str(gan_run),
+      "measure.classifier_workdir",
+      f"config.measure.classifier_workdir={str(gan_run)!r} is a 'gan' run, not a classifier run",
+    ),
+  ]:
+    kwargs = {} if key == "measure.classifier_workdir" else {"key": key}  # the default key, or the one given
+    with pytest.raises(config_lib.ConfigError, match=f"^{re.escape(message)}$"):
+      measure.Featurizer(workdir, **kwargs)
+
+
+def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(tmp_path):
+  from deconv_jax import attribution, measure, train, workdir
+  from deconv_jax import config as config_lib
+  from deconv_jax.tasks import classifier
+
+  c = config_lib.base()
+  c.model.features, c.model.dense = (4,), ()
+  c.num_train_steps = c.eval_every_steps = 1
+  train.train_and_evaluate(c, str(tmp_path))
+  images = measure.all_images(c.dataset, "validation")[:6]
+  features, logits = measure.Featurizer(str(tmp_path))(images)
+  run = workdir.restore(c, str(tmp_path), classifier)
+  acts = attribution.activations(classifier.build_model(c, 10), {"params": run.state.params}, images)
+  np.testing.assert_allclose(features, acts["pool1"].reshape(6, -1), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(logits, acts["logits"], rtol=1e-6, atol=1e-6)
