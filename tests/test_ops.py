@@ -844,6 +844,15 @@ def test_max_pool_drops_trailing_and_rejects_small_input():
       ops.max_pool(x, window)
 
 
+def test_max_pool_forward_derivative_is_the_tangent_at_each_maximum():
+  x, dx = distinct(0, (2, 6, 8, 3)), randn(1, (2, 6, 8, 3))
+  for window, strides in [(2, None), ((2, 3), None), (3, 2)]:  # the custom JVP's path, and reduce_window's
+    _, tangent = jax.jvp(lambda v, w=window, s=strides: ops.max_pool(v, w, s), (x,), (dx,))
+    pw, ps = ops.as_pair(window, "window"), ops.as_pair(strides or window, "strides")
+    _, want = jax.jvp(lambda v, pw=pw, ps=ps: reduce_window_max(v, pw, ps), (x,), (dx,))
+    np.testing.assert_array_equal(tangent, want)
+
+
 def test_pooling_defaults_to_2x2_windows_at_their_own_stride_and_names_bad_arguments():
   x = jnp.arange(2.0 * 6 * 8).reshape(1, 6, 8, 2)[..., ::-1]
   np.testing.assert_array_equal(ops.max_pool(x), ops.max_pool(x, (2, 2), (2, 2)))

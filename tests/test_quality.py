@@ -320,3 +320,8 @@ def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(
   acts = attribution.activations(classifier.build_model(c, 10), {"params": run.state.params}, images)
   np.testing.assert_allclose(features, acts["pool1"].reshape(6, -1), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(logits, acts["logits"], rtol=1e-6, atol=1e-6)
+  # In batches of 4 (the last one padded) the same; images of another shape are refused, naming both shapes.
+  np.testing.assert_allclose(measure.Featurizer(str(tmp_path))(images, batch_size=4)[0], features, rtol=1e-6)
+  message = "images (27, 28, 1) do not match the classifier's (28, 28, 1)"
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    measure.Featurizer(str(tmp_path))(images[:, 1:])
