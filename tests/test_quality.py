@@ -325,3 +325,28 @@ def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(
   message = "images (27, 28, 1) do not match the classifier's (28, 28, 1)"
   with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     measure.Featurizer(str(tmp_path))(images[:, 1:])
+
+
+def test_generator_quality_measures_what_the_task_generates_against_the_configured_real_set(classifier_run):
+  from types import SimpleNamespace
+
+  from deconv_jax import config as config_lib
+  from deconv_jax import measure
+
+  c = config_lib.base()
+  c.measure.classifier_workdir, c.measure.num_samples = classifier_run[0], 300
+  validation = measure.all_images(c.dataset, "validation")
+  asked = []
+
+  def generate_many(state, n):  # a task that "generates" the validation digits
+    asked.append((state, n))
+    return validation[:n]
+
+  task = SimpleNamespace(generate_many=generate_many)
+  found = measure.generator_quality(task, "the state", c)
+  assert asked == [("the state", 300)]
+  assert found == measure.generated_quality(validation[:300], validation, measure.Featurizer(classifier_run[0]))
+  assert found["num_real"] == 500  # no measure.real_*: the eval split
+  c.measure.real_source, c.measure.real_split = "embedded", "train"
+  assert len(measure.real_images(c)) == 4500
+  np.testing.assert_array_equal(measure.real_images(c)[:3], measure.all_images(c.dataset, "train")[:3])
