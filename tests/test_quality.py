@@ -311,7 +311,8 @@ def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(
   from deconv_jax.tasks import classifier
 
   c = config_lib.base()
-  c.model.features, c.model.dense = (4,), ()
+  # Kernel 4: 28 -> 25 -> 12, so one row or column of padding (29 -> 26 -> 13) would show in the features.
+  c.model.features, c.model.dense, c.model.kernel_size = (4,), (), 4
   c.num_train_steps = c.eval_every_steps = 1
   train.train_and_evaluate(c, str(tmp_path))
   images = measure.all_images(c.dataset, "validation")[:6]
