@@ -9,9 +9,10 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from deconv_jax import attribution, data, tasks, train
+from deconv_jax import attribution, augment, data, tasks, train
 from deconv_jax import config as config_lib
 from deconv_jax.tasks import autoencoder, classifier, gan, inversion
 
@@ -180,3 +181,18 @@ def test_one_step_lowers_the_objective_it_optimizes(name, digits, request):
     )
   for objective, (before, after) in found.items():
     assert after < before, f"{name}: one step moved the {objective} from {before:.6f} to {after:.6f}"
+
+
+def test_the_classifier_step_augments_each_image_by_its_index_in_the_batch(digits):
+  # On one device (no axis name) image i's augmentation key is folded from i itself: the step equals the plain
+  # step on augment.augment_batch(rng, images, offset=0) images. Over devices the offset is the device's first
+  # global index (test_train.py: 8 devices give the 1-device parameters, augmented).
+  c = _small("classifier")
+  c.augment.max_shift, c.augment.max_rotation = 2.0, 10.0
+  state = classifier.create_state(c, jax.random.key(0), INFO, 10)
+  rng = jax.random.key(3)
+  augmented, _ = _step(classifier, c, state, digits, rng)
+  images = augment.augment_batch(rng, digits["image"], 0, max_shift=2.0, max_rotation=10.0, max_scale=0.0)
+  plain, _ = _step(classifier, _small("classifier"), state, {"image": images, "label": digits["label"]}, rng)
+  for got, want in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(plain.params), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
