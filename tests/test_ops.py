@@ -874,6 +874,9 @@ def test_pooling_defaults_to_2x2_windows_at_their_own_stride_and_names_bad_argum
   ]:
     with pytest.raises(ValueError, match=f"^{name} must be >= 1, got 0$"):
       call()
+  message = "switches of shape (1, 2, 4, 2, 2, 2) do not match pooled values of shape (1, 3, 4, 2)"
+  with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    ops.unpool_with_switches(y, switches[:, :2], (6, 8))
 
 
 def unpool_and_vjp(x, ct, window, strides):

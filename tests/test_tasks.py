@@ -183,16 +183,24 @@ def test_one_step_lowers_the_objective_it_optimizes(name, digits, request):
     assert after < before, f"{name}: one step moved the {objective} from {before:.6f} to {after:.6f}"
 
 
-def test_the_classifier_step_augments_each_image_by_its_index_in_the_batch(digits):
+@pytest.mark.parametrize("shift,rotation", [(2.0, 0.0), (0.0, 10.0)], ids=["shift", "rotation"])
+def test_the_classifier_step_augments_each_image_by_its_index_and_reports_the_batch_before_it(digits, shift, rotation):
   # On one device (no axis name) image i's augmentation key is folded from i itself: the step equals the plain
   # step on augment.augment_batch(rng, images, offset=0) images. Over devices the offset is the device's first
-  # global index (test_train.py: 8 devices give the 1-device parameters, augmented).
+  # global index (test_train.py: 8 devices give the 1-device parameters, augmented). Its metrics are those of the
+  # parameters it started from, on the images it trained on.
   c = _small("classifier")
-  c.augment.max_shift, c.augment.max_rotation = 2.0, 10.0
+  c.augment.max_shift, c.augment.max_rotation = shift, rotation
   state = classifier.create_state(c, jax.random.key(0), INFO, 10)
   rng = jax.random.key(3)
   augmented, _ = _step(classifier, c, state, digits, rng)
-  images = augment.augment_batch(rng, digits["image"], 0, max_shift=2.0, max_rotation=10.0, max_scale=0.0)
-  plain, _ = _step(classifier, _small("classifier"), state, {"image": images, "label": digits["label"]}, rng)
+  images = augment.augment_batch(rng, digits["image"], 0, max_shift=shift, max_rotation=rotation, max_scale=0.0)
+  plain, metrics = _step(classifier, _small("classifier"), state, {"image": images, "label": digits["label"]}, rng)
   for got, want in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(plain.params), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  logits = state.apply_fn({"params": state.params}, images)
+  log_p = jax.nn.log_softmax(logits)
+  cross_entropy = -jnp.mean(jnp.take_along_axis(log_p, digits["label"][:, None], axis=1))
+  assert set(metrics) == {"loss", "accuracy"}
+  np.testing.assert_allclose(metrics["loss"], cross_entropy, rtol=1e-5)
+  assert float(metrics["accuracy"]) == float(jnp.mean(jnp.argmax(logits, axis=1) == digits["label"]))
