@@ -204,3 +204,19 @@ def test_the_classifier_step_augments_each_image_by_its_index_and_reports_the_ba
   assert set(metrics) == {"loss", "accuracy"}
   np.testing.assert_allclose(metrics["loss"], cross_entropy, rtol=1e-5)
   assert float(metrics["accuracy"]) == float(jnp.mean(jnp.argmax(logits, axis=1) == digits["label"]))
+
+
+def test_the_classifier_eval_counts_only_the_real_rows(digits):
+  # Padding rows (mask 0) fill the last eval batch: they add nothing to any sum.
+  c = _small("classifier")
+  state = classifier.create_state(c, jax.random.key(0), INFO, 10)
+  step = jax.jit(classifier.eval_step)
+  ones = jnp.ones(16)
+  whole = step(state, {**digits, "mask": ones})
+  half = step(state, {"image": digits["image"][:8], "label": digits["label"][:8], "mask": ones[:8]})
+  padded = step(state, {**digits, "mask": ones.at[8:].set(0)})
+  assert float(whole["count"]) == 16 and float(padded["count"]) == 8
+  for key in ("loss", "correct", "count"):
+    np.testing.assert_allclose(padded[key], half[key], rtol=1e-6)
+  metrics = classifier.eval_metrics(jax.device_get(padded))
+  assert metrics["num_examples"] == 8 and metrics["accuracy"] == float(half["correct"]) / 8
