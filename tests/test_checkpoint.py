@@ -2,16 +2,18 @@
 
 import glob
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from conftest import REPO
 from test_train import SMALL, assert_trees_close, final_params, small_config
 
-from deconv_jax import checkpoint, train
+from deconv_jax import checkpoint, data, train
 from deconv_jax.workdir import RunDir
 
 ARGS = [*SMALL, "--config.log_every_steps=10", "--config.checkpoint_every_steps=20", "--config.eval_every_steps=20"]
@@ -116,3 +118,67 @@ def test_a_failed_save_is_removed_even_while_its_last_writes_land(tmp_path):
   checkpoint.remove_failed_save(str(tmp_path), 7)
   writer.join()
   assert sorted(os.listdir(tmp_path)) == ["6"]
+
+
+# ---------------------------------------------------------------- the module itself, without training
+
+
+def small_state(seed):
+  return {"w": np.arange(6.0).reshape(2, 3) * seed, "step": np.int32(seed)}
+
+
+def test_save_and_restore_a_state_and_the_data_iterators_position(tmp_path):
+  from test_data import numbered_source
+
+  directory = str(tmp_path / "checkpoints")  # created by the manager
+  mngr = checkpoint.manager(directory)
+  loader = data.train_loader(numbered_source(40), global_batch_size=4, seed=0)
+  iterator = iter(loader)
+  [next(iterator) for _ in range(3)]
+  checkpoint.save(mngr, 3, small_state(3), iterator)
+  expected = next(iterator)["label"]
+  checkpoint.save(mngr, 4, small_state(4), None)  # no iterator: the state alone
+  assert checkpoint.steps(directory) == [3, 4] and checkpoint.latest_step(directory) == 4
+
+  fresh = iter(data.train_loader(numbered_source(40), global_batch_size=4, seed=0))
+  restored = checkpoint.restore(checkpoint.manager(directory), 3, small_state(0), fresh)
+  np.testing.assert_array_equal(restored["w"], small_state(3)["w"])
+  assert int(restored["step"]) == 3
+  np.testing.assert_array_equal(next(fresh)["label"], expected)  # the iterator resumes where the save was
+  state, step = checkpoint.restore_latest(checkpoint.manager(directory), small_state(0), damaged=str(tmp_path / "d"))
+  assert step == 4 and int(state["step"]) == 4
+
+
+def test_the_manager_keeps_the_last_3_steps(tmp_path):  # what killed saves leave: test_leftovers_of_a_killed_save_*
+  directory = str(tmp_path)
+  mngr = checkpoint.manager(directory)
+  for step in range(1, 6):
+    checkpoint.save(mngr, step, small_state(step), None)
+  assert checkpoint.steps(directory) == [3, 4, 5]
+  assert checkpoint.steps(str(tmp_path / "nothing")) == [] and checkpoint.latest_step(str(tmp_path / "nothing")) is None
+
+
+def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_nothing(tmp_path):
+  directory = str(tmp_path)
+  mngr = checkpoint.manager(directory)
+  checkpoint.save(mngr, 5, small_state(5), None)
+  reason = "No space left on device: " + "x" * 300 + "\nwhile writing w"
+
+  def failing_save(step, **kwargs):  # as orbax does: a temporary directory, then the write error
+    os.makedirs(os.path.join(directory, f"{step}.orbax-checkpoint-tmp-99", "state"))
+    raise OSError(reason)
+
+  mngr.save = failing_save
+  text = " ".join(reason.split())
+  one_line = f"OSError: {text[:120]} ... {text[-110:]}"
+  message = (
+    f"saving the checkpoint of step 6 in {mngr.directory} failed ({one_line}); the checkpoint of step 5 is intact"
+  )
+  with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(message)}$"):
+    checkpoint.save(mngr, 6, small_state(6), None)
+  assert sorted(os.listdir(directory)) == ["5"]
+  fresh = checkpoint.manager(str(tmp_path / "empty"))
+  fresh.save = failing_save
+  with pytest.raises(checkpoint.CheckpointError, match=r"; no earlier checkpoint exists$"):
+    checkpoint.save(fresh, 1, small_state(1), None)
+  assert checkpoint._one_line(ValueError("short\n  and   spaced")) == "ValueError: short and spaced"
