@@ -891,17 +891,14 @@ def unpool_and_vjp(x, ct, window, strides):
 
 def tied_windows(x, window, strides):
   """How many pooling windows of ``x`` [N, H, W, C] hold their maximum more than once."""
-  (kh, kw), (sh, sw) = as_pair_(window), as_pair_(window if strides is None else strides)
+  (kh, kw) = ops.as_pair(window, "window")
+  sh, sw = ops.as_pair(window if strides is None else strides, "strides")
   x, count = np.asarray(x), 0
   for r in range(0, x.shape[1] - kh + 1, sh):
     for c in range(0, x.shape[2] - kw + 1, sw):
       patch = x[:, r : r + kh, c : c + kw]  # [N, kh, kw, C]
       count += int(np.sum(np.sum(patch == patch.max(axis=(1, 2), keepdims=True), axis=(1, 2)) > 1))
   return count
-
-
-def as_pair_(v):
-  return (v, v) if isinstance(v, int) else tuple(v)
 
 
 # Each kind of input is run (not drawn), and the tie kinds keep only examples that have a tie.

@@ -2,13 +2,17 @@
 
 import itertools
 import re
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 import scipy
 
-from deconv_jax import quality
+from deconv_jax import attribution, measure, quality, train
+from deconv_jax import config as config_lib
+from deconv_jax import workdir as workdir_lib
+from deconv_jax.tasks import classifier
 
 H = W = 16
 
@@ -246,15 +250,11 @@ def test_ssim_of_identical_images_is_one_and_of_noise_is_low():
 
 
 def test_generated_quality_on_sets_with_known_answers(classifier_run):
-  from deconv_jax import config as config_lib
-  from deconv_jax import measure, workdir
-  from deconv_jax.tasks import classifier
-
   run_dir = classifier_run[0]
   featurizer = measure.Featurizer(run_dir)
   real = measure.all_images(config_lib.base().dataset, "validation")
-  saved = workdir.saved_config(run_dir)
-  run = workdir.restore(saved, run_dir, classifier)
+  saved = workdir_lib.saved_config(run_dir)
+  run = workdir_lib.restore(saved, run_dir, classifier)
   logits_of = jax.jit(classifier.build_model(saved, 10).apply)
 
   def score_by_definition(images):  # exp(E_x KL(p(y|x) || p(y))), p(y|x) the classifier's softmax
@@ -283,9 +283,6 @@ def test_generated_quality_on_sets_with_known_answers(classifier_run):
 
 
 def test_featurizer_refuses_what_is_not_a_classifier_run(tmp_path):
-  from deconv_jax import config as config_lib
-  from deconv_jax import measure
-
   gan_run = tmp_path / "gan"
   gan_run.mkdir()
   c = config_lib.base()
@@ -306,10 +303,6 @@ def test_featurizer_refuses_what_is_not_a_classifier_run(tmp_path):
 
 
 def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(tmp_path):
-  from deconv_jax import attribution, measure, train, workdir
-  from deconv_jax import config as config_lib
-  from deconv_jax.tasks import classifier
-
   c = config_lib.base()
   # Kernel 4: 28 -> 25 -> 12, so one row or column of padding (29 -> 26 -> 13) would show in the features.
   c.model.features, c.model.dense, c.model.kernel_size = (4,), (), 4
@@ -317,7 +310,7 @@ def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(
   train.train_and_evaluate(c, str(tmp_path))
   images = measure.all_images(c.dataset, "validation")[:6]
   features, logits = measure.Featurizer(str(tmp_path))(images)
-  run = workdir.restore(c, str(tmp_path), classifier)
+  run = workdir_lib.restore(c, str(tmp_path), classifier)
   acts = attribution.activations(classifier.build_model(c, 10), {"params": run.state.params}, images)
   np.testing.assert_allclose(features, acts["pool1"].reshape(6, -1), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(logits, acts["logits"], rtol=1e-6, atol=1e-6)
@@ -329,11 +322,6 @@ def test_featurizer_of_a_classifier_without_dense_layers_takes_its_last_pooling(
 
 
 def test_generator_quality_measures_what_the_task_generates_against_the_configured_real_set(classifier_run):
-  from types import SimpleNamespace
-
-  from deconv_jax import config as config_lib
-  from deconv_jax import measure
-
   c = config_lib.base()
   c.measure.classifier_workdir, c.measure.num_samples = classifier_run[0], 300
   validation = measure.all_images(c.dataset, "validation")

@@ -91,6 +91,10 @@ def _mse(a, b):
   return jnp.mean((a - b) ** 2)
 
 
+def _cross_entropy(logits, labels):  # softmax cross-entropy of integer labels, averaged over the batch
+  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+
 def _before_after(objective, before, after):
   """``objective`` (jitted: one compile) at the parameters ``before`` and ``after`` the step, as floats."""
   fn = jax.jit(objective)
@@ -106,9 +110,7 @@ def classifier_objective(digits):
   c = _small("classifier")
   state = classifier.create_state(c, jax.random.key(0), INFO, 10)
 
-  def loss(params):
-    log_p = jax.nn.log_softmax(state.apply_fn({"params": params}, digits["image"]))
-    return -jnp.mean(jnp.take_along_axis(log_p, digits["label"][:, None], axis=1))
+  loss = lambda params: _cross_entropy(state.apply_fn({"params": params}, digits["image"]), digits["label"])
 
   after, _ = _step(classifier, c, state, digits, jax.random.key(1))
   return {"cross-entropy": _before_after(loss, state.params, after.params)}
@@ -199,10 +201,8 @@ def test_the_classifier_step_augments_each_image_by_its_index_and_reports_the_ba
   for got, want in zip(jax.tree.leaves(augmented.params), jax.tree.leaves(plain.params), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   logits = state.apply_fn({"params": state.params}, images)
-  log_p = jax.nn.log_softmax(logits)
-  cross_entropy = -jnp.mean(jnp.take_along_axis(log_p, digits["label"][:, None], axis=1))
   assert set(metrics) == {"loss", "accuracy"}
-  np.testing.assert_allclose(metrics["loss"], cross_entropy, rtol=1e-5)
+  np.testing.assert_allclose(metrics["loss"], _cross_entropy(logits, digits["label"]), rtol=1e-5)
   assert float(metrics["accuracy"]) == float(jnp.mean(jnp.argmax(logits, axis=1) == digits["label"]))
 
 
