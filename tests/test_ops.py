@@ -766,6 +766,47 @@ def test_n_dimensional_errors(call, match):
   assert "\n" not in str(info.value)
 
 
+def test_argument_errors_are_one_whole_line_per_dimension():
+  """The whole message, not its first word: which argument, its value, and what is allowed, in 1-D, 2-D and 3-D."""
+  x = {n: jnp.ones((1, *(4,) * n, 2)) for n in NDIMS}
+  k = {n: jnp.ones((*(3,) * n, 2, 2)) for n in NDIMS}
+  cases = [
+    (lambda: ops.conv(x[2], k[2], strides=0), "strides must be >= 1, got 0"),
+    (lambda: ops.conv(x[2], k[2], dilation=(1, 2, 3)), "dilation must be an int or a pair of ints, got (1, 2, 3)"),
+    (lambda: ops.conv(x[1], k[1], strides=(1, 1)), "strides must be an int or a sequence of 1 ints, got (1, 1)"),
+    (lambda: ops.conv(x[3], k[3], dilation=(1, 1)), "dilation must be an int or a sequence of 3 ints, got (1, 1)"),
+    (lambda: ops.conv_kernel_grad(x[2], x[2], (3, 3), strides=0), "strides must be >= 1, got 0"),
+    (lambda: ops.conv_kernel_grad(x[2], x[2], (3, 3), dilation=0), "dilation must be >= 1, got 0"),
+    (lambda: ops.deconv(x[1], k[1], input_shape=(1, 2)), "input_shape must be (W) or (N, W, C), got (1, 2)"),
+    (lambda: ops.deconv(x[2], k[2], input_shape=(4,)), "input_shape must be (H, W) or (N, H, W, C), got (4,)"),
+    (lambda: ops.deconv(x[3], k[3], input_shape=(4, 4)), "input_shape must be (D, H, W) or (N, D, H, W, C), got (4, 4)"),
+  ]
+  for call, message in cases:
+    with pytest.raises(ValueError) as info:
+      call()
+    assert str(info.value) == message
+
+
+def test_defaults_are_stride_1_same_padding_no_dilation_one_group():
+  """Every op called with no options is the one with ``strides=1, padding="SAME", dilation=1, groups=1`` written out."""
+  x, y = jax.random.normal(jax.random.key(0), (2, 1, 5, 6, 4))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 4, 4))
+  explicit = {"strides": 1, "padding": "SAME", "dilation": 1, "groups": 1}
+  for op, args in [
+    (ops.conv, (x, kernel)),
+    (ops.conv2d, (x, kernel)),
+    (ops.deconv, (y, kernel)),
+    (ops.deconv2d, (y, kernel)),
+    (ops.conv_kernel_grad, (x, y, (3, 3))),
+    (ops.conv_matrix, (kernel, (2, 3, 4))),
+  ]:
+    np.testing.assert_array_equal(op(*args), op(*args, **explicit), err_msg=op.__name__)
+  # and those options are what they say: SAME keeps the size, one group mixes every channel.
+  assert ops.conv(x, kernel).shape == (1, 5, 6, 4)
+  reference = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DN)
+  np.testing.assert_allclose(ops.conv(x, kernel), reference, rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------
 # 10. Max pooling.
 # ----------------------------------------------------------------------------
