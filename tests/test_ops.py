@@ -1067,6 +1067,26 @@ def test_kernel_grad_equals_lax_conv_transpose(cfg, seed):
   del x
 
 
+@pytest.mark.parametrize("padding", ["SAME", "explicit"])
+def test_conv_kernel_grad_with_every_axis_different(padding):
+  """The fast tier's case of the property below, in 3-D, where the gradient is ours (2-D ones folded): each axis its
+  own size, stride, dilation and padding, so a fold that reads the wrong axis (the depth's stride from the height's)
+  cannot pass."""
+  n = 3
+  sizes, kernel_size = (9, 8, 7)[:n], (3, 2, 2)[:n]
+  strides, dilation = (2, 1, 3)[:n], (1, 2, 1)[:n]
+  pads = "SAME" if padding == "SAME" else ((1, 0), (0, 2), (2, 1))[:n]
+  x = jax.random.normal(jax.random.key(n), (2, *sizes, 3))
+  k = jax.random.normal(jax.random.key(10 + n), (*kernel_size, 3, 4))
+  conv = lambda k: lax.conv_general_dilated(
+    x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=DNS[n]
+  )
+  g = jax.random.normal(jax.random.key(20 + n), conv(k).shape)
+  expected = jax.grad(lambda k: jnp.vdot(conv(k), g))(k)
+  ours = ops.conv_kernel_grad(x, g, kernel_size, strides=strides, padding=pads, dilation=dilation)
+  np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 @SETTINGS
 @given(conv_configs(), SEEDS)
