@@ -779,7 +779,10 @@ def test_argument_errors_are_one_whole_line_per_dimension():
     (lambda: ops.conv_kernel_grad(x[2], x[2], (3, 3), dilation=0), "dilation must be >= 1, got 0"),
     (lambda: ops.deconv(x[1], k[1], input_shape=(1, 2)), "input_shape must be (W) or (N, W, C), got (1, 2)"),
     (lambda: ops.deconv(x[2], k[2], input_shape=(4,)), "input_shape must be (H, W) or (N, H, W, C), got (4,)"),
-    (lambda: ops.deconv(x[3], k[3], input_shape=(4, 4)), "input_shape must be (D, H, W) or (N, D, H, W, C), got (4, 4)"),
+    (
+      lambda: ops.deconv(x[3], k[3], input_shape=(4, 4)),
+      "input_shape must be (D, H, W) or (N, D, H, W, C), got (4, 4)",
+    ),
   ]
   for call, message in cases:
     with pytest.raises(ValueError) as info:
