@@ -27,6 +27,7 @@ depends on the rest of the batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
+
+from deconv_jax import jaxpr_rules
 
 Target = Callable[[dict[str, jax.Array]], jax.Array]
 METHODS = ("saliency", "deconvnet", "guided_backprop")
@@ -72,6 +75,32 @@ def _check_method(method: str) -> None:
     raise ValueError(f"method={method!r} is not allowed: one of {METHODS}")
 
 
+_OTHERS = ("refuse", "keep")
+
+
+def _check_sites(sites: list[jaxpr_rules.Site], method: str, others: str, name: str) -> None:
+  """Refusals of `with_rule`, in one line: examples coupled, no ReLU, or another non-linearity."""
+
+  def listed(kind):
+    shown = list(dict.fromkeys(f"{s.name} at {s.where}" for s in sites if s.kind == kind))
+    return "; ".join(shown[:3]) + (f"; and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+  if any(s.kind == jaxpr_rules.COUPLING for s in sites):
+    raise ValueError(
+      f"{name} mixes the examples of a batch ({listed(jaxpr_rules.COUPLING)}): use BatchNorm in eval mode "
+      "(use_running_average=True) so that each example's map is its own"
+    )
+  if method == "saliency":
+    return
+  if not any(s.kind == jaxpr_rules.RELU for s in sites):
+    raise ValueError(f"method={method!r} needs a ReLU network: {name} has no ReLU on the path from its inputs")
+  if others == "refuse" and any(s.kind == jaxpr_rules.NONLINEARITY for s in sites):
+    raise ValueError(
+      f"method={method!r} is defined for ReLU networks; {name} also has {listed(jaxpr_rules.NONLINEARITY)} "
+      "(others='keep' leaves those with their own derivative)"
+    )
+
+
 def with_relu_rule(module: nn.Module, method: str, field: str = "activation") -> nn.Module:
   """``module`` with its ReLU ``field`` replaced by the ReLU of ``method``'s backward rule.
 
@@ -89,6 +118,60 @@ def with_relu_rule(module: nn.Module, method: str, field: str = "activation") ->
     name = getattr(activation, "__name__", repr(activation))
     raise ValueError(f"method={method!r} needs a ReLU network; {type(module).__name__}.{field} is {name}")
   return module.clone(**{field: RELU_RULES[method]})
+
+
+def with_rule(f: Callable, method: str, *, others: str = "refuse") -> Callable:
+  """``f`` with every ReLU on its path carrying ``method``'s backward rule; nothing else changes.
+
+  ``f`` is any JAX-traceable function of arrays and pytrees (a Linen ``apply``, an NNX module, a plain function),
+  with non-array options bound beforehand (``functools.partial``). Its ReLUs are found in its jaxpr
+  (`jaxpr_rules`): ``jax.nn.relu`` (Flax's ``nn.relu``, ``nnx.relu``) and ``jnp.maximum(x, 0)`` in either order,
+  inside ``jit``, ``jax.checkpoint``, ``lax.scan`` and ``lax.cond`` too. The forward values are ``f``'s own; the
+  result composes with ``jax.jit``, ``jax.vmap`` and ``jax.vjp``. Max pooling keeps its own VJP (one location per
+  window), as do normalization layers.
+
+  Deconvnet and guided backprop are defined for ReLU networks: a path with no ReLU, or with another non-linearity
+  (GELU, leaky ReLU, ReLU6, a ReLU inside someone's ``custom_vjp``), is a ValueError naming it and its line, unless
+  ``others="keep"`` leaves those with their own derivative. Saliency is the plain gradient of any function. A
+  statistic over the batch (BatchNorm in training mode) is refused for every method.
+  """
+  _check_method(method)
+  if others not in _OTHERS:
+    raise ValueError(f"others={others!r} is not allowed: one of {_OTHERS}")
+  relu = RELU_RULES[method]
+  name = getattr(f, "__name__", type(f).__name__)
+
+  @functools.wraps(f)
+  def f_with_rule(*args, **kwargs):
+    closed, out_tree, flat = jaxpr_rules.trace(f, args, kwargs)
+    _check_sites(jaxpr_rules.sites(closed), method, others, name)
+    return jax.tree.unflatten(out_tree, jaxpr_rules.evaluate(closed, flat, relu))
+
+  return f_with_rule
+
+
+def relu_sites(f: Callable, *args, **kwargs) -> list[jaxpr_rules.Site]:
+  """What `with_rule` sees in ``f(*args, **kwargs)``: each ReLU it rewrites and each pooling, normalization and other
+  non-linearity on the path that it does not, in order, with its source line (``print(*sites, sep="\n")``)."""
+  closed, _, _ = jaxpr_rules.trace(f, args, kwargs)
+  return jaxpr_rules.sites(closed)
+
+
+def attribute_fn(
+  f: Callable[[jax.Array], jax.Array], x: jax.Array, method: str = "saliency", *, seed: str = "ones", others="refuse"
+) -> jax.Array:
+  """Projects ``f(x)`` back onto ``x`` under ``method``'s ReLU rule: the VJP of ``with_rule(f, method)`` at ``x``.
+
+  ``f`` returns the target, for example one logit per example (``lambda x: model(x)[jnp.arange(n), labels]``).
+  The VJP is seeded with ``ones`` (for saliency: the gradient of the targets' sum) or with the target's own
+  ``values`` (Zeiler & Fergus feed the activations themselves into the deconvnet). Every rule is positively
+  homogeneous, so the two seeds differ by a positive factor per example when the target is a single unit.
+  """
+  if seed not in ("ones", "values"):
+    raise ValueError(f"seed={seed!r} is not allowed: 'ones' or 'values'")
+  selected, vjp = jax.vjp(with_rule(f, method, others=others), x)
+  (projection,) = vjp(jnp.ones_like(selected) if seed == "ones" else jax.lax.stop_gradient(selected))
+  return projection
 
 
 def activations(
