@@ -1081,9 +1081,7 @@ def test_conv_kernel_grad_with_every_axis_different(padding):
   pads = "SAME" if padding == "SAME" else ((1, 0), (0, 2), (2, 1))[:n]
   x = jax.random.normal(jax.random.key(n), (2, *sizes, 3))
   k = jax.random.normal(jax.random.key(10 + n), (*kernel_size, 3, 4))
-  conv = lambda k: lax.conv_general_dilated(
-    x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=DNS[n]
-  )
+  conv = lambda k: lax.conv_general_dilated(x, k, strides, pads, rhs_dilation=dilation, dimension_numbers=DNS[n])
   g = jax.random.normal(jax.random.key(20 + n), conv(k).shape)
   expected = jax.grad(lambda k: jnp.vdot(conv(k), g))(k)
   ours = ops.conv_kernel_grad(x, g, kernel_size, strides=strides, padding=pads, dilation=dilation)
