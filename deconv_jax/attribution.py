@@ -17,12 +17,14 @@ method             backward rule               source
 ``guided_backprop``  ``relu(g) * (x > 0)``     Springenberg et al. 2015: both
 =================  ==========================  ==============================
 
-Any Flax Linen module whose activation is a field works: the field is swapped
-for a ReLU carrying the rule (``module.clone(activation=...)``). A *target* picks
-what to project from the forward pass's named activations (`activations`): a
-logit, a whole feature map, one channel, one unit, or the strongest unit of a
-channel. Targets are per example (``[N, ...]``), so one example's result never
-depends on the rest of the batch.
+The rule is a property of the function, not of a model library: `with_rule`
+finds every ReLU in a function's jaxpr (`jaxpr_rules`) and gives it the rule, so
+`attribute_fn` works on any JAX function (a Linen or NNX module, a plain function
+of arrays). For a Linen module, `attribute` takes a *target* that picks what to
+project from the forward pass's named activations (`activations`): a logit, a
+whole feature map, one channel, one unit, or the strongest unit of a channel.
+Targets are per example (``[N, ...]``), so one example's result never depends
+on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def _check_sites(sites: list[jaxpr_rules.Site], method: str, others: str, name: 
   """Refusals of `with_rule`, in one line: examples coupled, no ReLU, or another non-linearity."""
 
   def listed(kind):
-    shown = list(dict.fromkeys(f"{s.name} at {s.where}" for s in sites if s.kind == kind))
+    shown = [f"{s.name} at {s.where}" for s in sites if s.kind == kind]
     return "; ".join(shown[:3]) + (f"; and {len(shown) - 3} more" if len(shown) > 3 else "")
 
   if any(s.kind == jaxpr_rules.COUPLING for s in sites):
@@ -93,31 +95,15 @@ def _check_sites(sites: list[jaxpr_rules.Site], method: str, others: str, name: 
   if method == "saliency":
     return
   if not any(s.kind == jaxpr_rules.RELU for s in sites):
-    raise ValueError(f"method={method!r} needs a ReLU network: {name} has no ReLU on the path from its inputs")
+    also = (
+      f"; it has {listed(jaxpr_rules.NONLINEARITY)}" if any(s.kind == jaxpr_rules.NONLINEARITY for s in sites) else ""
+    )
+    raise ValueError(f"method={method!r} needs a ReLU network: {name} has no ReLU on the path from its inputs{also}")
   if others == "refuse" and any(s.kind == jaxpr_rules.NONLINEARITY for s in sites):
     raise ValueError(
       f"method={method!r} is defined for ReLU networks; {name} also has {listed(jaxpr_rules.NONLINEARITY)} "
       "(others='keep' leaves those with their own derivative)"
     )
-
-
-def with_relu_rule(module: nn.Module, method: str, field: str = "activation") -> nn.Module:
-  """``module`` with its ReLU ``field`` replaced by the ReLU of ``method``'s backward rule.
-
-  Deconvnet and guided backprop are defined for ReLU networks: another activation is
-  a ValueError. Saliency is the plain gradient of any network, so a module with
-  another activation is returned unchanged.
-  """
-  _check_method(method)
-  if not hasattr(module, field):
-    raise ValueError(f"{type(module).__name__} has no field {field!r}: the activation must be a module field")
-  activation = getattr(module, field)
-  if activation is not nn.relu and activation not in RELU_RULES.values():
-    if method == "saliency":
-      return module
-    name = getattr(activation, "__name__", repr(activation))
-    raise ValueError(f"method={method!r} needs a ReLU network; {type(module).__name__}.{field} is {name}")
-  return module.clone(**{field: RELU_RULES[method]})
 
 
 def with_rule(f: Callable, method: str, *, others: str = "refuse") -> Callable:
@@ -202,22 +188,19 @@ def attribute(
   method: str = "saliency",
   *,
   seed: str = "ones",
-  field: str = "activation",
+  others: str = "refuse",
 ) -> jax.Array:
   """Projects ``target`` back to pixel space under ``method``'s ReLU rule: images ``[N, H, W, C]`` -> same shape.
 
-  The VJP of ``images -> target(activations(images))``, seeded with ``ones`` (for
-  saliency: the gradient of each example's target sum) or with the target's own
-  ``values`` (Zeiler & Fergus feed the activations themselves into the deconvnet).
-  Every rule is positively homogeneous, so the two seeds differ by a positive factor
-  per example when the target is a single unit.
+  `attribute_fn` of ``images -> target(activations(images))``: the target picks from the module's named
+  activations (a logit, a feature map, a channel, a unit).
   """
-  if seed not in ("ones", "values"):
-    raise ValueError(f"seed={seed!r} is not allowed: 'ones' or 'values'")
-  module = with_relu_rule(module, method, field)
-  selected, vjp = jax.vjp(lambda x: target(activations(module, variables, x)), images)
-  (projection,) = vjp(jnp.ones_like(selected) if seed == "ones" else jax.lax.stop_gradient(selected))
-  return projection
+
+  def selected(x):
+    return target(activations(module, variables, x))
+
+  selected.__name__ = type(module).__name__  # what an error names
+  return attribute_fn(selected, images, method, seed=seed, others=others)
 
 
 # ---------------------------------------------------------------- targets

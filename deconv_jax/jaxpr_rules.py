@@ -216,7 +216,7 @@ def sites(closed: jex_core.ClosedJaxpr) -> list[Site]:
   """Every ReLU, pooling, normalization and other non-linearity on the path from the jaxpr's inputs, in order."""
   found: dict[tuple, Site] = {}
   _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found, closed.consts)
-  return list(found.values())
+  return list(dict.fromkeys(found.values()))  # one site per kind, name and line: a GELU's tanh and its cube
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +258,7 @@ def _walk(jaxpr, on_path: Sequence[bool], found: dict, consts: Sequence[Any] = (
         _walk(_inner_jaxpr(eqn), flags, inner, ctx=ctx.inside(eqn))
         if any(site.kind in (RELU, NONLINEARITY, POOLING) for site in inner.values()):
           # Its own derivative rule runs, whatever is inside: a ReLU there cannot carry another rule.
-          record(eqn, NONLINEARITY, f"{call} ({name})")
+          record(eqn, NONLINEARITY, call)
     elif name in ("jit", "remat2"):
       outs = _walk(_inner_jaxpr(eqn), flags, found, ctx=ctx.inside(eqn))
     elif name == "scan":
@@ -279,13 +279,13 @@ def _walk(jaxpr, on_path: Sequence[bool], found: dict, consts: Sequence[Any] = (
       if name.startswith("reduce_") and 0 in axes:
         record(eqn, COUPLING, "a statistic over the batch axis (BatchNorm in training mode?)")
       elif name in _NONLINEAR or name == "max":
-        record(eqn, NORMALIZATION, f"{_library_name(eqn) or 'normalization'} ({name})")
+        record(eqn, NORMALIZATION, _library_name(eqn) or "normalization")
     elif _relu_operand(eqn, zeros) is not None:
       record(eqn, RELU, "maximum(x, 0)")
     elif name in _POOLING:
       record(eqn, POOLING, name)
     elif name in _NONLINEAR or name == "max" or (name == "select_n" and flags[0]) or (name == "div" and flags[1]):
-      record(eqn, NONLINEARITY, f"{ctx.called or _library_name(eqn) or name} ({name})")
+      record(eqn, NONLINEARITY, ctx.called or _library_name(eqn) or name)
     path.update(v for v, p in zip(eqn.outvars, outs) if p)
   return [isinstance(v, jex_core.Var) and v in path for v in jaxpr.outvars]
 

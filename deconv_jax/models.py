@@ -144,7 +144,7 @@ class CNN(nn.Module):
   ``act{i}`` (the rectified map of conv layer ``conv{i}``), ``pool{i}`` for i = 1..len(features),
   then ``hidden{j}`` (dense layer ``dense{j}`` after the activation; the last is the
   penultimate feature vector)
-  and ``logits``. The activation is a field so it can be swapped with ``clone``.
+  and ``logits``.
   """
 
   features: Sequence[int] = (32, 64, 128)
