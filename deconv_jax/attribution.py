@@ -36,12 +36,24 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
+from jax import lax
+from tqdm.auto import tqdm
 
-from deconv_jax import jaxpr_rules
+from deconv_jax import jaxpr_rules, progress
+from deconv_jax.ops.shapes import as_pair
 
 Target = Callable[[dict[str, jax.Array]], jax.Array]
-METHODS = ("saliency", "deconvnet", "guided_backprop")
+RULES = ("saliency", "deconvnet", "guided_backprop")  # one VJP each, differing at the ReLUs
+METHODS = (*RULES, "occlusion")  # what `attribute_fn` computes, and the figures draw, in this order
+# One line each, for figures and notebooks.
+DESCRIPTIONS = {
+  "saliency": "the plain gradient",
+  "deconvnet": "relu(g) at each ReLU, no forward mask",
+  "guided_backprop": "relu(g) * (x > 0) at each ReLU",
+  "occlusion": "the target's drop when a patch is blanked",
+}
 
 _BACKWARD_RULES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
   "saliency": lambda active, g: g * active,
@@ -69,12 +81,12 @@ def _relu_with_rule(method: str) -> Callable[[jax.Array], jax.Array]:
   return relu
 
 
-RELU_RULES: dict[str, Callable[[jax.Array], jax.Array]] = {m: _relu_with_rule(m) for m in METHODS}
+RELU_RULES: dict[str, Callable[[jax.Array], jax.Array]] = {m: _relu_with_rule(m) for m in RULES}
 
 
-def _check_method(method: str) -> None:
-  if method not in METHODS:
-    raise ValueError(f"method={method!r} is not allowed: one of {METHODS}")
+def _check_method(method: str, allowed: tuple[str, ...] = RULES) -> None:
+  if method not in allowed:
+    raise ValueError(f"method={method!r} is not allowed: one of {allowed}")
 
 
 _OTHERS = ("refuse", "keep")
@@ -144,20 +156,101 @@ def relu_sites(f: Callable, *args, **kwargs) -> list[jaxpr_rules.Site]:
 
 
 def attribute_fn(
-  f: Callable[[jax.Array], jax.Array], x: jax.Array, method: str = "saliency", *, seed: str = "ones", others="refuse"
+  f: Callable[[jax.Array], jax.Array],
+  x: jax.Array,
+  method: str = "saliency",
+  *,
+  seed: str = "ones",
+  others: str = "refuse",
 ) -> jax.Array:
-  """Projects ``f(x)`` back onto ``x`` under ``method``'s ReLU rule: the VJP of ``with_rule(f, method)`` at ``x``.
+  """Attributes ``f(x)`` to the pixels of ``x`` by ``method``: an array shaped like ``x``.
 
   ``f`` returns the target, for example one logit per example (``lambda x: model(x)[jnp.arange(n), labels]``).
-  The VJP is seeded with ``ones`` (for saliency: the gradient of the targets' sum) or with the target's own
-  ``values`` (Zeiler & Fergus feed the activations themselves into the deconvnet). Every rule is positively
-  homogeneous, so the two seeds differ by a positive factor per example when the target is a single unit.
+  For the ReLU rules (`RULES`) it is the VJP of ``with_rule(f, method)`` at ``x``, seeded with ``ones`` (for
+  saliency: the gradient of the targets' sum) or with the target's own ``values`` (Zeiler & Fergus feed the
+  activations themselves into the deconvnet); every rule is positively homogeneous, so the two seeds differ by a
+  positive factor per example when the target is a single unit. ``"occlusion"`` is `occlusion` of each example's
+  target summed, with `occlusion_patch`'s patch and stride for the image size.
   """
+  _check_method(method, METHODS)
   if seed not in ("ones", "values"):
     raise ValueError(f"seed={seed!r} is not allowed: 'ones' or 'values'")
+  if method == "occlusion":
+    patch, stride = occlusion_patch(x.shape[1:3])
+    return occlusion(lambda v: _per_example_sum(f(v)), x, patch=patch, stride=stride)
   selected, vjp = jax.vjp(with_rule(f, method, others=others), x)
   (projection,) = vjp(jnp.ones_like(selected) if seed == "ones" else jax.lax.stop_gradient(selected))
   return projection
+
+
+def _per_example_sum(target: jax.Array) -> jax.Array:
+  return target.reshape(target.shape[0], -1).sum(axis=1)
+
+
+# ---------------------------------------------------------------- occlusion
+
+
+def occlusion_patch(image_hw: Sequence[int]) -> tuple[int, int]:
+  """The default patch and stride: a seventh of the image's shorter side (4 on 28x28 digits), at half its size."""
+  patch = max(1, min(image_hw) // 7)
+  return patch, max(1, patch // 2)
+
+
+def occlusion(
+  f: Callable[[jax.Array], jax.Array],
+  x: jax.Array,
+  *,
+  patch: int | Sequence[int],
+  stride: int | Sequence[int],
+  baseline: float | jax.Array = 0.0,
+  batch_size: int = 32,
+) -> jax.Array:
+  """Zeiler & Fergus's occlusion (2014, Fig. 7): how much ``f`` drops when a patch of ``x`` is blanked.
+
+  x ``[N, H, W, C]``; f returns one value per example, ``[N]``. A ``patch`` (all channels) slides over the image
+  at ``stride``, the last one cut at the border; each pixel gets the mean of ``f(x) - f(x blanked to baseline)``
+  over the patches that cover it, so the result is shaped like ``x``. The same as captum's ``Occlusion`` with
+  windows ``(C, *patch)`` and strides ``(C, *stride)``. The patches run ``batch_size`` at a time in one compiled
+  call (``vmap``), with a progress bar when there is more than one batch and someone is watching; under ``jit``
+  all of them run in one ``lax.map``.
+  """
+  if x.ndim != 4:
+    raise ValueError(f"x must be [N, H, W, C], got shape {x.shape}")
+  n, h, w, _ = x.shape
+  (ph, pw), (sh, sw) = as_pair(patch, "patch"), as_pair(stride, "stride")
+  if ph > h or pw > w:
+    raise ValueError(f"patch {(ph, pw)} is larger than the {h}x{w} image")
+  if (sh > ph and ph < h) or (sw > pw and pw < w):
+    raise ValueError(f"stride {(sh, sw)} is larger than patch {(ph, pw)}: pixels between patches would never count")
+  rows = range(0, sh * -(-(h - ph) // sh) + 1, sh)
+  cols = range(0, sw * -(-(w - pw) // sw) + 1, sw)
+  masks = np.zeros((len(rows) * len(cols), h, w), np.float32)
+  for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
+    masks[k, r : r + ph, c : c + pw] = 1
+  reference = f(x)
+  if reference.shape != (n,):
+    raise ValueError(f"f must return one value per example, shape ({n},), got {reference.shape}")
+
+  def drop(mask_HW, x, reference):  # [H, W] -> [N]
+    m = mask_HW[None, :, :, None].astype(x.dtype)
+    return reference - f(x * (1 - m) + baseline * m)
+
+  if isinstance(x, jax.core.Tracer):
+    drops_KN = lax.map(lambda m: drop(m, x, reference), jnp.asarray(masks), batch_size=batch_size)
+  else:
+    drops = jax.vmap(drop, in_axes=(0, None, None))
+    batches = -(-len(masks) // batch_size)
+    padded = np.concatenate([masks, np.zeros((batches * batch_size - len(masks), h, w), np.float32)])
+    step = jax.jit(drops)  # one compile: every batch of patches has the same shape
+    show = batches > 1 and progress.interactive()
+    parts = [
+      step(padded[i * batch_size : (i + 1) * batch_size], x, reference)
+      for i in tqdm(range(batches), desc="occlusion", unit="batch", disable=not show)
+    ]
+    drops_KN = jnp.concatenate(parts)[: len(masks)]
+  counts_HW = masks.sum(axis=0)
+  attribution_NHW = jnp.einsum("kn,khw->nhw", drops_KN, jnp.asarray(masks)) / counts_HW
+  return jnp.broadcast_to(attribution_NHW[..., None], x.shape).astype(x.dtype)
 
 
 def activations(

@@ -110,7 +110,7 @@ def projector(model: models.CNN, layer: str):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _three_methods(model: models.CNN, variables: Any, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _every_method(model: models.CNN, variables: Any, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   predicted = jnp.argmax(model.apply(variables, images), axis=-1)
   target = attribution.logit(predicted)
   return predicted, {m: attribution.attribute(model, variables, images, target, m) for m in attribution.METHODS}
@@ -191,13 +191,16 @@ def methods_figure(
   images_NHWC: np.ndarray, labels_N: np.ndarray, predicted_N: np.ndarray, maps: dict[str, np.ndarray]
 ) -> Figure:
   """A table: one row per image (labelled with its true and predicted class), then each method's map of its
-  predicted logit (`attribution.METHODS`, in order), each map on its own symmetric gray scale."""
+  predicted logit (`attribution.METHODS`, in order, whatever they are), each map on its own symmetric gray scale."""
+  names = [m.replace("_", " ") for m in attribution.METHODS]
   fig, axes = figures.panels(
-    "Saliency, deconvnet and guided backprop of the predicted class's logit",
+    f"{', '.join(names[:-1]).capitalize()} and {names[-1]} of the predicted class's logit",
     len(images_NHWC),
     1 + len(attribution.METHODS),
     panel=1.4,
-    footnote="One backward pass each; they differ only in how the signal crosses a ReLU.\n" + SIGNED_SCALE,
+    footnote="\n".join(f"{n}: {attribution.DESCRIPTIONS[m]}" for n, m in zip(names, attribution.METHODS))
+    + ".\n"
+    + SIGNED_SCALE,
     extra=(1.8, 1.1),
   )
   for b, row in enumerate(axes):
@@ -251,7 +254,7 @@ def visualize_workdir(
     figures.save(page, paths[-1])
 
   panel = np.linspace(0, len(images_NHWC) - 1, num_images).round().astype(int)  # spread over the split
-  predicted, maps = jax.device_get(_three_methods(model, variables, images_NHWC[panel]))
+  predicted, maps = jax.device_get(_every_method(model, variables, images_NHWC[panel]))
   paths.append(run_dir.figure("attribution_methods"))
   figures.save(methods_figure(images_NHWC[panel], labels_N[panel], predicted, maps), paths[-1])
   return paths

@@ -397,7 +397,7 @@ def torch_cnn(torch, variables, method):
   return forward
 
 
-@pytest.mark.parametrize("method", attribution.METHODS)
+@pytest.mark.parametrize("method", attribution.RULES)
 def test_equals_pytorch_on_the_same_weights_ties_included(method):
   # Saliency is PyTorch's gradient, the deconvnet and guided backprop PyTorch's (captum's) with the same switches,
   # on images of constant blocks and negative conv biases: pooling windows tie, at zero and above it.
@@ -428,6 +428,66 @@ def test_equals_pytorch_on_the_same_weights_ties_included(method):
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
 
 
+# ---------------------------------------------------------------- occlusion
+
+
+def test_occlusion_of_a_linear_target_is_each_patch_s_own_sum():
+  """For a linear target f(x) = <w, x>, blanking a patch drops f by the patch's share of <w, x - baseline>: with
+  patches that tile the image (stride = patch), every pixel shows its own patch's drop; with overlapping ones, the
+  mean over the patches that cover it, the last cut at the border."""
+  x = images(2, hw=6, c=2)
+  w = jax.random.normal(jax.random.key(5), x.shape[1:])
+  f = lambda v: jnp.einsum("nhwc,hwc->n", v, w)
+  share = np.asarray((x - 0.3) * w).sum(-1)  # [N, H, W]: each pixel's part of the drop
+  tiled = attribution.occlusion(f, x, patch=(3, 2), stride=(3, 2), baseline=0.3)
+  expected = share.reshape(2, 2, 3, 3, 2).sum((2, 4))  # per 3x2 patch
+  expected = np.repeat(np.repeat(expected, 3, axis=1), 2, axis=2)
+  np.testing.assert_allclose(tiled, np.repeat(expected[..., None], 2, -1), rtol=1e-5, atol=1e-5)
+  # patch 4, stride 3 on 6 pixels: patches at rows 0-3 and 3-5 (cut), so rows 3 belongs to both.
+  overlapping = attribution.occlusion(f, x, patch=4, stride=3, baseline=0.3, batch_size=3)
+  spans = [slice(0, 4), slice(3, 6)]
+  drops = {(i, j): share[:, a, b].sum((1, 2)) for i, a in enumerate(spans) for j, b in enumerate(spans)}
+  expected = np.zeros((2, 6, 6))
+  for r in range(6):
+    for c in range(6):
+      covering = [
+        drops[i, j] for i, a in enumerate(spans) for j, b in enumerate(spans) if r in range(6)[a] and c in range(6)[b]
+      ]
+      expected[:, r, c] = np.mean(covering, axis=0)
+  np.testing.assert_allclose(overlapping[..., 0], expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(overlapping[..., 0], overlapping[..., 1])  # a patch blanks every channel
+  # under jit, one lax.map over the patches: the same values
+  jitted = jax.jit(lambda v: attribution.occlusion(f, v, patch=4, stride=3, baseline=0.3))(x)
+  np.testing.assert_allclose(jitted, overlapping, rtol=1e-6, atol=1e-6)
+
+
+def test_occlusion_is_a_method_of_attribute_with_the_default_patch():
+  model = small_cnn()
+  x = images(2)
+  variables = model.init(jax.random.key(0), x)
+  target = attribution.logit(jnp.array([1, 3]))
+  assert attribution.occlusion_patch((16, 16)) == (2, 1) and attribution.occlusion_patch((28, 28)) == (4, 2)
+  got = attribution.attribute(model, variables, x, target, "occlusion")
+  f = lambda v: target(attribution.activations(model, variables, v))
+  np.testing.assert_allclose(got, attribution.occlusion(f, x, patch=2, stride=1), rtol=1e-6, atol=1e-7)
+
+
+def test_occlusion_names_bad_arguments():
+  f = lambda v: v.sum((1, 2, 3))
+  x = images(1, hw=6)
+  for kwargs, message in [
+    ({"patch": 7, "stride": 1}, "patch (7, 7) is larger than the 6x6 image"),
+    ({"patch": 2, "stride": 3}, "stride (3, 3) is larger than patch (2, 2): pixels between patches would never count"),
+    ({"patch": 0, "stride": 1}, "patch must be >= 1, got 0"),
+  ]:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+      attribution.occlusion(f, x, **kwargs)
+  with pytest.raises(ValueError, match=re.escape("f must return one value per example, shape (1,), got (1, 6)")):
+    attribution.occlusion(lambda v: v.sum((2, 3)), x, patch=2, stride=2)
+  with pytest.raises(ValueError, match=re.escape("x must be [N, H, W, C], got shape (6, 6)")):
+    attribution.occlusion(f, x[0, ..., 0], patch=2, stride=2)
+
+
 # ---------------------------------------------------------------- errors
 
 
@@ -439,7 +499,7 @@ def test_rules_that_need_a_relu_network_say_so():
     message = f"method='{method}' needs a ReLU network: CNN has no ReLU on the path from its inputs; it has gelu at "
     with pytest.raises(ValueError, match=f"^{re.escape(message)}.*models.py:[0-9]+ \\(CNN.__call__\\)"):
       attribution.attribute(model, variables, x, attribution.logit(0), method)
-  message = "method='gradcam' is not allowed: one of ('saliency', 'deconvnet', 'guided_backprop')"
+  message = "method='gradcam' is not allowed: one of ('saliency', 'deconvnet', 'guided_backprop', 'occlusion')"
   with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
     attribution.attribute(model, variables, x, attribution.logit(0), "gradcam")
   # Saliency needs no ReLU: the network is used as it is, and the map is its gradient.

@@ -220,7 +220,7 @@ def test_no_relu_and_batch_statistics_are_refused():
   norm = nn.BatchNorm()
   variables = norm.init(jax.random.key(0), X, use_running_average=False)
   train_mode = lambda x: jax.nn.relu(norm.apply(variables, x, use_running_average=False, mutable=["batch_stats"])[0])
-  for method in attribution.METHODS:
+  for method in attribution.RULES:
     with pytest.raises(ValueError, match=r"^<lambda> mixes the examples of a batch \(a statistic over the batch"):
       attribution.attribute_fn(train_mode, X, method)
   # In eval mode the statistics are constants: each example is its own, and nothing is refused.
