@@ -790,6 +790,45 @@ def test_argument_errors_are_one_whole_line_per_dimension():
     assert str(info.value) == message
 
 
+def test_shape_arithmetic_defaults_and_its_errors_whole():
+  """The size functions called with no options are stride 1, SAME, no dilation; each names its bad argument."""
+  explicit = {"strides": 1, "padding": "SAME", "dilation": 1}
+  assert ops.conv_output_shape((5, 6), (3, 3)) == ops.conv_output_shape((5, 6), (3, 3), **explicit) == (5, 6)
+  assert ops.deconv_output_range((5, 6), (3, 3)) == ops.deconv_output_range((5, 6), (3, 3), **explicit)
+  assert ops.deconv_output_range((5, 6), (3, 3)) == ((5, 5), (6, 6))
+  assert ops.deconv_output_shape((5, 6), (3, 3)) == ops.deconv_output_shape((5, 6), (3, 3), **explicit) == (5, 6)
+  assert ops.explicit_padding("SAME", (5, 6), (3, 4)) == ops.explicit_padding("SAME", (5, 6), (3, 4), 1, 1)
+  assert ops.explicit_padding("SAME", (5, 6), (3, 4)) == ((1, 1), (1, 2))
+  # with numeric padding, where SAME's sizes do not depend on the dilation
+  assert ops.deconv_output_range((5, 6), (3, 3), padding=0) == ((7, 7), (8, 8))
+  assert ops.deconv_output_shape((5, 6), (3, 3), padding=0) == (7, 8)
+  assert ops.conv_output_shape((7, 8), (3, 3), padding=0) == (5, 6)
+  functions = {
+    "conv_output_shape": lambda **kw: ops.conv_output_shape((5, 6), (3, 3), **kw),
+    "deconv_output_range": lambda **kw: ops.deconv_output_range((5, 6), (3, 3), **kw),
+    "deconv_output_shape": lambda **kw: ops.deconv_output_shape((5, 6), (3, 3), **kw),
+    "explicit_padding": lambda **kw: ops.explicit_padding(kw.pop("padding", 0), (5, 6), (3, 3), **kw),
+  }
+  cases = [
+    ({"strides": 0}, "strides must be >= 1, got 0"),
+    ({"dilation": (1,)}, "dilation must be an int or a pair of ints, got (1,)"),
+    ({"padding": -1}, "padding must be >= 0, got -1"),
+    ({"padding": ((1, 2), 3)}, "padding must be 'SAME', 'VALID', an int, 2 ints or 2 (lo, hi) pairs, got ((1, 2), 3)"),
+    (
+      {"padding": ((1, 2), (1, 2, 3))},
+      "padding must be 'SAME', 'VALID', an int, 2 ints or 2 (lo, hi) pairs, got ((1, 2), (1, 2, 3))",
+    ),
+  ]
+  for name, call in functions.items():
+    for kwargs, message in cases:
+      with pytest.raises(ValueError) as info:
+        call(**kwargs)
+      assert str(info.value) == message, name
+  with pytest.raises(ValueError) as info:
+    ops.conv_output_shape((2, 6), (5, 3), padding=0)
+  assert str(info.value) == "kernel of effective size 5 does not fit input size 2 padded by (0, 0) on spatial axis 0"
+
+
 def test_defaults_are_stride_1_same_padding_no_dilation_one_group():
   """Every op called with no options is the one with ``strides=1, padding="SAME", dilation=1, groups=1`` written out."""
   x, y = jax.random.normal(jax.random.key(0), (2, 1, 5, 6, 4))
