@@ -216,7 +216,14 @@ def sites(closed: jex_core.ClosedJaxpr) -> list[Site]:
   """Every ReLU, pooling, normalization and other non-linearity on the path from the jaxpr's inputs, in order."""
   found: dict[tuple, Site] = {}
   _walk(closed.jaxpr, [True] * len(closed.jaxpr.invars), found, closed.consts)
-  return list(dict.fromkeys(found.values()))  # one site per kind, name and line: a GELU's tanh and its cube
+  # Each ReLU and pooling is a site of its own (a block called twice has two); one non-linearity of another kind
+  # is several equations (a GELU's cube and tanh), listed once per name and line.
+  sites, seen = [], set()
+  for site in found.values():
+    if site.kind in (RELU, POOLING) or site not in seen:
+      sites.append(site)
+      seen.add(site)
+  return sites
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ FIGURES = {
   "01_deconv_is_the_adjoint.ipynb": 2,
   "02_train_and_look_inside.ipynb": 3,
   "03_generators_and_checkerboards.ipynb": 5,
+  "04_deconvnet_on_your_model.ipynb": 1,
 }
 QUICK_LINE = re.compile(r"^QUICK = (True|False)\b", re.M)
 
@@ -30,7 +31,7 @@ def repository_url():
     return tomllib.load(f)["project"]["urls"]["Repository"]
 
 
-def test_the_three_notebooks_are_there():
+def test_the_notebooks_are_there():
   assert sorted(FIGURES) == NOTEBOOKS
 
 
