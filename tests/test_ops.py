@@ -784,6 +784,29 @@ def test_argument_errors_are_one_whole_line_per_dimension():
       "input_shape must be (D, H, W) or (N, D, H, W, C), got (4, 4)",
     ),
   ]
+  size = functools.partial(ops.deconv_output_shape, (2, 2), (3, 3))
+  cases += [
+    (lambda: ops.deconv(x[2], k[2], strides=0), "strides must be >= 1, got 0"),
+    (lambda: ops.deconv(x[2], k[2], dilation=(1,)), "dilation must be an int or a pair of ints, got (1,)"),
+    (
+      lambda: ops.deconv(x[2], jnp.ones((3, 3, 2, 3))),
+      "kernel has 3 output channels but y has 2: kernel must be the forward conv's [*k, Cin, Cout] kernel",
+    ),
+    (
+      lambda: size(strides=2, padding=1, output_padding=2),
+      "output_padding (2, 2) is out of range: 0 <= output_padding < max(strides, dilation) = (2, 2)",
+    ),
+    (lambda: size(strides=2, padding=1, output_padding=-1), "output_padding must be >= 0, got -1"),
+    (
+      lambda: size(strides=2, padding="SAME", output_padding=1),
+      "output_padding only applies to numeric padding; with padding='SAME' pass input_shape",
+    ),
+    (
+      lambda: size(padding=3),
+      "padding 3 is too large for kernel (3, 3): (H_out - 1) * s - lo - hi + k' + output_padding = -2 < 1 on "
+      "spatial axis 0, so no input size gives output size 2",
+    ),
+  ]
   for call, message in cases:
     with pytest.raises(ValueError) as info:
       call()
