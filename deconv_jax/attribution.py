@@ -170,7 +170,8 @@ def attribute_fn(
   saliency: the gradient of the targets' sum) or with the target's own ``values`` (Zeiler & Fergus feed the
   activations themselves into the deconvnet); every rule is positively homogeneous, so the two seeds differ by a
   positive factor per example when the target is a single unit. ``"occlusion"`` is `occlusion` of each example's
-  target summed, with `occlusion_patch`'s patch and stride for the image size.
+  target summed, with `occlusion_patch`'s patch and stride for the image size (``seed`` and ``others`` are the
+  rules' options: occlusion has no backward pass).
   """
   _check_method(method, METHODS)
   if seed not in ("ones", "values"):

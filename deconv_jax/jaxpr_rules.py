@@ -267,7 +267,8 @@ def _walk(jaxpr, on_path: Sequence[bool], found: dict, consts: Sequence[Any] = (
           # Its own derivative rule runs, whatever is inside: a ReLU there cannot carry another rule.
           record(eqn, NONLINEARITY, call)
     elif name in ("jit", "remat2"):
-      outs = _walk(_inner_jaxpr(eqn), flags, found, ctx=ctx.inside(eqn))
+      consts = eqn.params["jaxpr"].consts if name == "jit" else ()  # a jit's constants: a zero array may be one
+      outs = _walk(_inner_jaxpr(eqn), flags, found, consts, ctx.inside(eqn))
     elif name == "scan":
       p = eqn.params
       outs = _walk_loop(p["jaxpr"], p["num_consts"], p["num_carry"], flags, found, ctx.inside(eqn))

@@ -121,6 +121,7 @@ def test_forward_values_are_unchanged_and_the_rule_reaches_every_relu():
     "max(x, 0)": lambda x: jnp.maximum(x, 0),
     "max(0, x)": lambda x: jnp.maximum(0, x),
     "jit": jax.jit(jax.nn.relu),
+    "jit, max with a zero array": jax.jit(lambda x: jnp.maximum(x, np.zeros(3, np.float32))),
     "checkpoint": jax.checkpoint(jax.nn.relu),
     "scan": lambda x: lax.scan(lambda c, row: (c, jax.nn.relu(row)), 0.0, x)[1],
     "cond": lambda x: lax.cond(x.sum() < 100, jax.nn.relu, lambda z: z, x),
