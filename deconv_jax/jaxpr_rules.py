@@ -333,7 +333,7 @@ def _evaluate(jaxpr, consts: Sequence[Any], args: Sequence[Any], relu: Callable)
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
     outs = _evaluate_eqn(eqn, invals, zeros, relu)
-    env.update((v, out) for v, out in zip(eqn.outvars, outs) if not isinstance(v, jex_core.DropVar))
+    env.update(zip(eqn.outvars, outs))  # a dropped output (`_`) is written too, and never read
   return [read(v) for v in jaxpr.outvars]
 
 
@@ -372,8 +372,18 @@ def _evaluate_eqn(eqn, invals: list, zeros: set, relu: Callable) -> list:
       lambda c: _evaluate(body.jaxpr, body.consts, [*body_consts, *c], relu),
       list(init),
     )
-  out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(p))
+  subfuns, params = _bind_params(eqn)
+  out = eqn.primitive.bind(*subfuns, *invals, **params)
   return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _bind_params(eqn) -> tuple[tuple, dict]:
+  """What ``bind`` takes besides the operands: ``get_bind_params`` returns ``(subfuns, params)`` up to JAX 0.7 (as
+  in Colab's runtime) and the params alone, the calls' functions among them, from JAX 0.8."""
+  bind_params = eqn.primitive.get_bind_params(eqn.params)
+  if isinstance(bind_params, tuple):
+    return tuple(bind_params[0]), bind_params[1]
+  return (), bind_params
 
 
 def _evaluate_branch(branch: jex_core.ClosedJaxpr, *operands, relu: Callable) -> list:

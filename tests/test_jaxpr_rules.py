@@ -87,6 +87,13 @@ def test_pin_custom_vjp_calls_and_max_pool_are_named():
   assert jaxpr_rules._call_name(eqn) in jaxpr_rules._POOLING_CALLS
 
 
+def test_pin_bind_params_of_a_custom_jvp_call_rebind_it():
+  (eqn,) = jaxpr_of(jax.nn.relu, X).jaxpr.eqns
+  subfuns, params = jaxpr_rules._bind_params(eqn)
+  (out,) = eqn.primitive.bind(*subfuns, X, **params)  # a call: a list of outputs
+  np.testing.assert_array_equal(out, jax.nn.relu(X))
+
+
 def test_pin_tracebacks_have_frames_with_file_line_and_function():
   (eqn,) = jaxpr_of(lambda x: x * 2, X).jaxpr.eqns  # pin: traceback frame
   frame = eqn.source_info.traceback.frames[0]
