@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from deconv_jax import config as config_lib
-from deconv_jax import xla_cpu
+from deconv_jax import models, xla_cpu
 from deconv_jax.experiments.speed import op_profile, primitives, timing, train_steps
 
 PLATFORM_KEYS = {"backend", "devices"}
@@ -100,6 +100,17 @@ def test_max_pool_grad_benchmark_record():
     record, ["reduce_window_ms", "ops_max_pool_ms", "reshape_max_even_split_ms", "ratio", "ratio_vs_even_split"]
   )
   assert record["ratio_vs_even_split"] == pytest.approx(record["reshape_max_even_split_ms"] / record["ops_max_pool_ms"])
+  assert record["max_rel_diff"] <= 1e-4
+  assert record.keys() >= PLATFORM_KEYS
+
+
+def test_attribute_with_rule_benchmark_record():
+  model = models.CNN(features=(4,), dense=(8,), num_classes=3)
+  record = primitives.attribute_with_rule_benchmark(batch=2, model=model, calls=2, repeats=1)
+  assert record["benchmark"] == "attribute_with_rule" and record["method"] == "guided_backprop"
+  assert record["input_shape"] == [2, 28, 28, 1]
+  assert_positive_finite(record, ["field_swap_ms", "with_rule_ms", "ratio"])
+  assert record["ratio"] == pytest.approx(record["field_swap_ms"] / record["with_rule_ms"])
   assert record["max_rel_diff"] <= 1e-4
   assert record.keys() >= PLATFORM_KEYS
 

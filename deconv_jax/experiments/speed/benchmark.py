@@ -1,6 +1,6 @@
 r"""Measured speed: ``python -m deconv_jax.experiments.speed`` prints one JSON object per line on stdout.
 
-Seven benchmarks (``--only`` picks among them):
+Eight benchmarks (``--only`` picks among them):
 
 - ``train_step``: whole train steps, as `train` compiles them for one device
   (`parallel.DataParallel`, the state donated), on synthetic ``[N, 28, 28, 1]`` data
@@ -32,6 +32,9 @@ Seven benchmarks (``--only`` picks among them):
   `ops.deconv`. Both variants are checked to give the same gradient, then timed
   alternately (A, B, A, B, ...) so that the machine's noise hits both alike;
   ``ratio`` is ``median(A) / median(B)`` (> 1: the `ops` path is faster).
+- ``attribute_with_rule``: guided backprop of the CNN on a batch of 64, through the old activation-field swap
+  and through `attribution.with_rule`'s jaxpr rewrite, alternately: the rewrite runs at trace time, so the
+  compiled programs should cost the same.
 
 Every record carries ``backend`` and ``devices``. Examples::
 
@@ -62,6 +65,7 @@ BENCHMARKS = (
   "max_pool_grad",
   "deconv3d_kernel_grad",
   "deconv3d_input_grad",
+  "attribute_with_rule",
 )
 PATHS = ("fast", "plain")
 
@@ -117,6 +121,8 @@ def run_benchmarks(
   for wrt in ("kernel", "input"):
     if f"deconv3d_{wrt}_grad" in only:
       add(primitives.deconv3d_grad_benchmark(wrt, calls=steps, repeats=repeats))
+  if "attribute_with_rule" in only:
+    add(primitives.attribute_with_rule_benchmark(calls=steps, repeats=repeats))
   return records
 
 
