@@ -92,8 +92,55 @@ def test_fid_grows_with_the_shift():
 
 
 def test_frechet_distance_rejects_mismatched_shapes():
-  with pytest.raises(ValueError, match="shapes"):
-    quality.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+  for mu2, sigma2 in [(np.zeros(2), np.eye(2)), (np.zeros(2), np.eye(3)), (np.zeros(3), np.eye(2))]:
+    with pytest.raises(ValueError) as info:
+      quality.frechet_distance(np.zeros(3), np.eye(3), mu2, sigma2)
+    assert str(info.value) == f"shapes do not match: mu (3,), {mu2.shape}; sigma (3, 3), {sigma2.shape}"
+  with pytest.raises(ValueError) as info:
+    quality.frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(3))
+  assert str(info.value) == "shapes do not match: mu (2,), (2,); sigma (3, 3), (3, 3)"
+
+
+def test_gaussian_stats_takes_two_examples_and_names_fewer():
+  mu, sigma = quality.gaussian_stats(np.array([[0.0, 1.0], [2.0, 5.0]]))
+  np.testing.assert_allclose(mu, [1.0, 3.0])
+  np.testing.assert_allclose(sigma, [[2.0, 4.0], [4.0, 8.0]])
+  with pytest.raises(ValueError) as info:
+    quality.gaussian_stats(np.zeros((1, 2)))
+  assert str(info.value) == "features must be [N, F] with N >= 2, got shape (1, 2)"
+
+
+def test_frechet_distance_retries_a_non_finite_root_with_eps_on_the_diagonal(monkeypatch):
+  """When ``sqrtm(S1 S2)`` is not finite the distance is taken with ``S + eps I``; for diagonal covariances that root
+  is ``sqrt((s1 + eps) (s2 + eps))``. The first root is made non-finite here (the retry is for near-singular products,
+  which no small example makes reliably); the arithmetic of the retry is what is checked, for two eps."""
+  calls = []
+
+  def sqrtm(m):
+    calls.append(m)
+    return np.full_like(m, np.nan) if len(calls) % 2 == 1 else scipy_sqrtm(m)
+
+  scipy_sqrtm = quality.linalg.sqrtm
+  monkeypatch.setattr(quality.linalg, "sqrtm", sqrtm)
+  s1, s2 = np.array([1e-6, 2e-6, 4.0]), np.array([3e-6, 1e-6, 1.0])
+  mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.0, 0.0])
+  for eps in (1e-6, 0.25):
+    kwargs = {} if eps == 1e-6 else {"eps": eps}  # the default is 1e-6
+    got = quality.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2), **kwargs)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt((s1 + eps) * (s2 + eps)))
+    assert got == pytest.approx(max(expected, 0.0), rel=1e-9, abs=1e-15), eps
+  assert len(calls) == 4
+
+
+def test_frechet_distance_drops_a_round_off_imaginary_part_and_refuses_a_large_one(monkeypatch):
+  imaginary = {"part": 1e-4}
+  monkeypatch.setattr(quality.linalg, "sqrtm", lambda m: np.diag(np.sqrt(np.diag(m))) + 1j * imaginary["part"])
+  sigma = np.diag([4.0, 1.0])
+  assert quality.frechet_distance(np.zeros(2), sigma, np.zeros(2), sigma) == pytest.approx(0.0, abs=1e-12)
+  imaginary["part"] = 0.01
+  with pytest.raises(ValueError) as info:
+    quality.frechet_distance(np.zeros(2), sigma, np.zeros(2), sigma)
+  assert str(info.value) == "sqrtm(S1 S2) has imaginary component 0.01"
 
 
 # ----------------------------------------------------------------------------
