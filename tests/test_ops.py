@@ -813,6 +813,33 @@ def test_argument_errors_are_one_whole_line_per_dimension():
     assert str(info.value) == message
 
 
+def test_input_shape_in_either_form_and_its_errors_whole():
+  """``input_shape`` as ``(H, W)`` or ``(N, H, W, C)`` picks the same size, grouped or not; a full shape must match
+  the batch and the kernel's input channels (``Cin // groups`` times ``groups``)."""
+  y = jax.random.normal(jax.random.key(0), (2, 5, 4, 4))
+  for groups, kernel_in in [(1, 6), (2, 3)]:
+    k = jax.random.normal(jax.random.key(1), (3, 3, kernel_in, 4))
+    kw = {"strides": 2, "padding": "SAME", "groups": groups}
+    spatial = ops.deconv(y, k, input_shape=(9, 7), **kw)
+    assert spatial.shape == (2, 9, 7, 6)
+    np.testing.assert_array_equal(ops.deconv(y, k, input_shape=(2, 9, 7, 6), **kw), spatial)
+  cases = [
+    ({"input_shape": (3, 9, 7, 6)}, "input_shape (3, 9, 7, 6) does not match batch 2 and kernel input channels 6"),
+    ({"input_shape": (2, 9, 7, 5)}, "input_shape (2, 9, 7, 5) does not match batch 2 and kernel input channels 6"),
+    ({"input_shape": (2, 9, 7, 6, 1)}, "input_shape must be (H, W) or (N, H, W, C), got (2, 9, 7, 6, 1)"),
+    ({"input_shape": (9, 7), "output_padding": 1}, "give either input_shape or output_padding, not both"),
+    ({"input_shape": (9, 7), "output_padding": -1}, "output_padding must be >= 0, got -1"),
+    ({"groups": 0}, "groups must be a positive divisor of the 4 output channels, got 0"),
+    ({"groups": 2.0}, "groups must be a positive divisor of the 4 output channels, got 2.0"),
+    ({"groups": 3}, "groups must be a positive divisor of the 4 output channels, got 3"),
+  ]
+  k = jnp.ones((3, 3, 6, 4))
+  for kwargs, message in cases:
+    with pytest.raises(ValueError) as info:
+      ops.deconv(y, k, strides=2, padding="SAME", **kwargs)
+    assert str(info.value) == message, kwargs
+
+
 def test_shape_arithmetic_defaults_and_its_errors_whole():
   """The size functions called with no options are stride 1, SAME, no dilation; each names its bad argument."""
   explicit = {"strides": 1, "padding": "SAME", "dilation": 1}
