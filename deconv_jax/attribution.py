@@ -1,4 +1,4 @@
-"""Saliency, deconvnet and guided backprop: one VJP of the forward pass, three ReLU rules.
+"""Saliency, deconvnet and guided backprop: one VJP of the forward pass, three ReLU rules; and occlusion.
 
 Zeiler & Fergus's deconvnet projects an activation back to pixels through the
 network's own filters, transposed. That is not a second network: the transposed
@@ -25,6 +25,10 @@ project from the forward pass's named activations (`activations`): a logit, a
 whole feature map, one channel, one unit, or the strongest unit of a channel.
 Targets are per example (``[N, ...]``), so one example's result never depends
 on the rest of the batch.
+
+Occlusion (Zeiler & Fergus, Fig. 7) is a method of another kind, with no
+backward pass: `occlusion` blanks one patch at a time and records how much the
+target drops. `METHODS` lists every method, `RULES` the three ReLU rules.
 """
 
 from __future__ import annotations
