@@ -827,6 +827,11 @@ def test_input_shape_in_either_form_and_its_errors_whole():
     ({"input_shape": (3, 9, 7, 6)}, "input_shape (3, 9, 7, 6) does not match batch 2 and kernel input channels 6"),
     ({"input_shape": (2, 9, 7, 5)}, "input_shape (2, 9, 7, 5) does not match batch 2 and kernel input channels 6"),
     ({"input_shape": (2, 9, 7, 6, 1)}, "input_shape must be (H, W) or (N, H, W, C), got (2, 9, 7, 6, 1)"),
+    (
+      {"input_shape": (2, 11, 7, 6)},
+      "input_shape (2, 11, 7, 6): conv maps spatial size (11, 7) to something other than (5, 4); allowed ranges "
+      "per axis are ((9, 10), (7, 8))",
+    ),
     ({"input_shape": (9, 7), "output_padding": 1}, "give either input_shape or output_padding, not both"),
     ({"input_shape": (9, 7), "output_padding": -1}, "output_padding must be >= 0, got -1"),
     ({"groups": 0}, "groups must be a positive divisor of the 4 output channels, got 0"),
