@@ -148,6 +148,19 @@ def test_frechet_distance_drops_a_round_off_imaginary_part_and_refuses_a_large_o
 # ----------------------------------------------------------------------------
 
 
+def test_classifier_scores_split_by_default_once_and_at_most_once_per_example():
+  logits = np.log(np.eye(5)[[0, 1, 2]] * 0.9 + 0.02)  # N = 3 examples, K = 5 classes
+  assert quality.classifier_scores(logits).shape == (1,)  # one split unless asked
+  np.testing.assert_allclose(quality.classifier_scores(logits, num_splits=3), [1.0, 1.0, 1.0])  # one example each
+  for bad in (0, 4):  # 4 <= K, but more splits than examples
+    with pytest.raises(ValueError) as info:
+      quality.classifier_scores(logits, num_splits=bad)
+    assert str(info.value) == f"logits must be [N, K] with N >= num_splits >= 1, got (3, 5), num_splits={bad}"
+  with pytest.raises(ValueError) as info:
+    quality.power_spectrum(np.zeros((2, 2)))
+  assert str(info.value) == "images must be NHWC, got shape (2, 2)"
+
+
 def test_classifier_score_of_uniform_predictions_is_one():
   assert quality.classifier_score(np.zeros((40, 10))) == pytest.approx(1.0)
 
