@@ -244,6 +244,45 @@ def test_checkerboard_share_is_pooled_and_counts_the_neighbourhood():
   assert quality.checkerboard_share(images, width=2) == pytest.approx(1.0)
 
 
+def test_checkerboard_share_leaves_out_dc_only_and_any_power_counts():
+  """The total is every bin but DC: power one bin from DC (at (1, 0) and its mirror) as strong as the stripes' gives
+  a share of one half. However faint the images, the share is a ratio: a checkerboard of amplitude 1e-4 has 1."""
+  i, j = grid()
+  stripes = (-1.0) ** i
+  lowest = np.cos(2 * np.pi * i / H) * np.sqrt(2)  # the stripes' power, at (1, 0) and (H - 1, 0)
+  assert quality.checkerboard_share(as_nhwc(stripes + lowest)) == pytest.approx(0.5)
+  assert quality.checkerboard_share(as_nhwc(stripes + lowest.T)) == pytest.approx(0.5)  # at (0, 1) and (0, W - 1)
+  assert quality.checkerboard_share(as_nhwc(1e-4 * (-1.0) ** (i + j))) == pytest.approx(1.0)
+
+
+def test_checkerboard_widths_up_to_the_bound_and_the_errors_whole():
+  for h, width in [(14, 4), (16, 3), (16, 4)]:  # 4 * (width - 1) < min(H, W)
+    i, j = grid(h, h)
+    assert quality.checkerboard_share(as_nhwc((-1.0) ** (i + j)), width) == pytest.approx(1.0)
+  cases = [
+    (
+      lambda: quality.checkerboard_share(np.zeros((1, H, W, 1)), 5),
+      "width must be an int with 1 <= width and 4 * (width - 1) < min(H, W), got 5 for 16x16",
+    ),
+    (
+      lambda: quality.checkerboard_share(np.zeros((1, 15, W, 1))),
+      "images must be NHWC with even H and W, got shape (1, 15, 16, 1)",
+    ),
+    (
+      lambda: quality.checkerboard_score(np.ones((1, H, W, 1)), np.ones((1, H, W, 1))),
+      "reference images have no power at the alias frequencies; the score is undefined",
+    ),
+    (
+      lambda: quality.psnr(np.zeros((1, H, W, 1)), np.zeros((1, H, W, 2))),
+      "images must be NHWC of equal shape, got (1, 16, 16, 1) and (1, 16, 16, 2)",
+    ),
+  ]
+  for call, message in cases:
+    with pytest.raises(ValueError) as info:
+      call()
+    assert str(info.value) == message
+
+
 def test_checkerboard_score_of_images_against_themselves_is_one():
   images = np.random.default_rng(8).uniform(size=(3, H, W, 2))
   assert quality.checkerboard_score(images, images) == pytest.approx(1.0)
