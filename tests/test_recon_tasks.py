@@ -91,6 +91,29 @@ def test_autoencoder_steps_change_every_param_and_the_loss_falls(info, batch, ti
   assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
 
 
+def test_an_autoencoder_step_is_sgd_on_the_reconstruction_error(info, batch):
+  """With plain SGD a step is ``params - lr * grad``: recomputed here from the loss's definition, the mean over the
+  batch of each image's mean squared error of its reconstruction, which is also the step's ``loss``."""
+  c = ae_config(tied=True)
+  c.optimizer.name, c.optimizer.learning_rate = "sgd", 0.5
+  state = autoencoder.create_state(c, jax.random.key(0), info, 10)
+  images = jnp.asarray(batch["image"])
+  after, metrics = jax.jit(functools.partial(autoencoder.train_step, config=c))(state, batch, jax.random.key(1))
+
+  def mse(params):
+    recon = autoencoder.build_model(c, info.image_shape).apply({"params": params}, images)
+    return jnp.mean((recon - images) ** 2)
+
+  loss, grads = jax.jit(jax.value_and_grad(mse))(state.params)
+  assert set(metrics) == {"loss"}
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  expected = jax.tree.map(lambda p, g: p - 0.5 * g, state.params, grads)
+  for got, wanted in zip(_leaves(after.params), _leaves(expected), strict=True):
+    np.testing.assert_allclose(got, wanted, rtol=1e-4, atol=1e-6)
+  model = autoencoder.build_model(c, info.image_shape)
+  np.testing.assert_allclose(autoencoder.reconstruct(after, images), model.apply({"params": after.params}, images))
+
+
 def test_metrics_of_a_perfect_reconstruction_ignore_padding(batch):
   images = jnp.asarray(batch["image"])
   mask = np.ones(16, np.float32)
