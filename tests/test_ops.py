@@ -785,6 +785,11 @@ def test_argument_errors_are_one_whole_line_per_dimension():
     ),
   ]
   size = functools.partial(ops.deconv_output_shape, (2, 2), (3, 3))
+  for name, op in [("conv2d", ops.conv2d), ("deconv2d", ops.deconv2d)]:  # 2-D alone: a 3-D x or kernel either way
+    for a, b in [((1, 4, 4, 2), (3, 3, 3, 2, 2)), ((1, 4, 4, 4, 2), (3, 3, 2, 2))]:
+      what = "x" if name == "conv2d" else "y"
+      message = f"{name} takes {what} [N, H, W, C] and an HWIO kernel, got shapes {a} and {b}"
+      cases.append((lambda op=op, a=a, b=b: op(jnp.ones(a), jnp.ones(b)), message))
   cases += [
     (lambda: ops.deconv(x[2], k[2], strides=0), "strides must be >= 1, got 0"),
     (lambda: ops.deconv(x[2], k[2], dilation=(1,)), "dilation must be an int or a pair of ints, got (1,)"),
@@ -843,6 +848,21 @@ def test_input_shape_in_either_form_and_its_errors_whole():
     with pytest.raises(ValueError) as info:
       ops.deconv(y, k, strides=2, padding="SAME", **kwargs)
     assert str(info.value) == message, kwargs
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_conv_matrix_is_the_conv_on_flattened_inputs(n):
+  """The fast tier's check of `conv_matrix` (the slow property test covers the options): ``W @ x == conv(x)`` and
+  ``W.T @ y == deconv(y)``, channels last, with the input shape given with or without its batch axis."""
+  size = (5, 4)[:n]
+  kernel = jax.random.normal(jax.random.key(0), (*(3,) * n, 2, 3))
+  x = jax.random.normal(jax.random.key(1), (1, *size, 2))
+  w = ops.conv_matrix(kernel, (*size, 2))
+  np.testing.assert_array_equal(ops.conv_matrix(kernel, (1, *size, 2)), w)
+  y = ops.conv(x, kernel)
+  assert w.shape == (y.size, x.size)
+  np.testing.assert_allclose(w @ x.reshape(-1), y.reshape(-1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(w.T @ y.reshape(-1), ops.deconv(y, kernel).reshape(-1), rtol=1e-5, atol=1e-5)
 
 
 def test_shape_arithmetic_defaults_and_its_errors_whole():
