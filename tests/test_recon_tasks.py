@@ -3,6 +3,7 @@
 import functools
 import os
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,6 +134,11 @@ def test_metrics_of_a_known_error(batch):
   assert metrics["loss"] == pytest.approx(0.01, rel=1e-4)
   assert metrics["psnr"] == pytest.approx(20.0, abs=1e-3)
   assert 0.0 < metrics["ssim"] < 1.0
+  # SSIM for data in [0, 1] (its constants scale with the range), averaged over the real rows
+  expected_ssim = float(jnp.mean(dm_pix.ssim(images + 0.1, images, max_val=1.0)))
+  assert metrics["ssim"] == pytest.approx(expected_ssim, rel=1e-5)
+  one = autoencoder.eval_metrics(jax.device_get(SUMS(images + 0.1, images, jnp.zeros(16).at[3].set(1.0))))
+  assert one["num_examples"] == 1 and one["loss"] == pytest.approx(0.01, rel=1e-4)  # one real row: its own MSE
 
 
 def test_autoencoder_eval_step_scores_an_identity_model_as_perfect(info, batch):
