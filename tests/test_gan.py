@@ -35,6 +35,19 @@ def batch(n=16, seed=0):
   return {"image": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)), "label": jnp.arange(n) % 10}
 
 
+def test_ranges_between_the_data_and_the_generator_and_its_variables():
+  data_images = jnp.array([0.0, 0.25, 1.0])
+  np.testing.assert_array_equal(gan.to_model_range(data_images, "tanh"), [-1.0, -0.5, 1.0])
+  np.testing.assert_array_equal(gan.to_model_range(data_images, "sigmoid"), data_images)
+  out = jnp.array([-2.0, -1.0, -0.5, 1.0, 1.5])
+  np.testing.assert_array_equal(gan.to_unit_range(out, "tanh"), [0.0, 0.0, 0.25, 1.0, 1.0])  # clipped by default
+  np.testing.assert_array_equal(gan.to_unit_range(out, "tanh", clip=False), [-0.5, 0.0, 0.25, 1.0, 1.25])
+  np.testing.assert_array_equal(gan.to_unit_range(out, "sigmoid"), [0.0, 0.0, 0.0, 1.0, 1.0])
+  params, stats = {"w": 1}, {"mean": 2}
+  assert gan.variables(params, stats) == {"params": params, "batch_stats": stats}
+  assert gan.variables(params, {}) == {"params": params}  # a generator without BatchNorm has no statistics
+
+
 def test_the_sample_grid_is_64_latents_fixed_by_seed_one_class_per_column():
   """Unconditional: 8 x 8 from ``sample_latents``. Conditional over K classes: ``64 // K`` rows, column k class k."""
   five = data.DatasetInfo(image_shape=(28, 28, 1), num_classes=5, num_examples=16)
