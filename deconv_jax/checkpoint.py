@@ -50,7 +50,8 @@ def latest_step(directory: str) -> int | None:
   return max(steps(directory), default=None)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+  """An exception as one line, its type first: for the one-line errors of failed saves and restores."""
   text = " ".join(str(e).split())
   if len(text) > 240:  # keep the start (what) and the end (why: "File too large", "No space left")
     text = f"{text[:120]} ... {text[-110:]}"
@@ -73,7 +74,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any 
       remove_failed_save(str(mngr.directory), step)
     previous = [s for s in mngr.all_steps() if s != step]
     kept = f"the checkpoint of step {max(previous)} is intact" if previous else "no earlier checkpoint exists"
-    message = f"saving the checkpoint of step {step} in {mngr.directory} failed ({_one_line(e)}); {kept}"
+    message = f"saving the checkpoint of step {step} in {mngr.directory} failed ({one_line(e)}); {kept}"
     raise CheckpointError(message) from None
 
 
@@ -127,7 +128,7 @@ def restore_latest(
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(os.path.join(str(mngr.directory), str(step)), aside)
       nxt = f"trying step {available[i + 1]}" if i + 1 < len(available) else "no earlier checkpoint"
-      log(f"checkpoint {step} is damaged ({_one_line(e)}): moved to {aside}; {nxt}")
+      log(f"checkpoint {step} is damaged ({one_line(e)}): moved to {aside}; {nxt}")
       mngr.reload()
       continue
     return restored, step

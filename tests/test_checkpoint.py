@@ -181,4 +181,4 @@ def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_n
   fresh.save = failing_save
   with pytest.raises(checkpoint.CheckpointError, match=r"; no earlier checkpoint exists$"):
     checkpoint.save(fresh, 1, small_state(1), None)
-  assert checkpoint._one_line(ValueError("short\n  and   spaced")) == "ValueError: short and spaced"
+  assert checkpoint.one_line(ValueError("short\n  and   spaced")) == "ValueError: short and spaced"
