@@ -226,6 +226,14 @@ def restore(config: ml_collections.ConfigDict, path: str, task: Any, command: st
   template = jax.eval_shape(lambda r: task.create_state(config, r, train_info, 1), jax.random.key(0))
   template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
   mngr = checkpoint.manager(run_dir.checkpoints, config.keep_checkpoints)
-  state = checkpoint.restore(mngr, step, template)
-  mngr.close()
+  try:
+    state = checkpoint.restore(mngr, step, template)
+  except Exception as e:  # orbax's errors for a truncated or emptied checkpoint are many, and deep
+    # Read-only here: what is measured must be the latest step, so no earlier one is taken in its place.
+    raise config_lib.ConfigError(
+      f"--workdir={path}: checkpoint {step} does not restore ({checkpoint.one_line(e)}); training this workdir "
+      "again moves it aside and resumes from the one before"
+    ) from None
+  finally:
+    mngr.close()
   return Run(config=config, task=task, state=state, step=step, info=train_info)

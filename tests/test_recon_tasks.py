@@ -227,8 +227,24 @@ def test_a_bad_classifier_workdir_is_one_line_naming_the_key(info, tmp_path, cas
 
 
 def test_a_classifier_of_other_images_is_refused(classifier_run):
-  with pytest.raises(ConfigError, match=r"classifier of images \(28, 28, 1\), config.dataset has \(32, 32, 3\)"):
+  with pytest.raises(ConfigError) as info:
     inversion.load_classifier(classifier_run, (32, 32, 3))
+  assert str(info.value) == (
+    f"config.inversion.classifier_workdir={classifier_run!r} holds a classifier of images (28, 28, 1), "
+    "config.dataset has (32, 32, 3)"
+  )
+
+
+def test_a_classifier_checkpoint_that_does_not_restore_is_one_line_naming_the_key(info, tmp_path):
+  workdir = str(tmp_path / "run")
+  _fake_run(workdir, "classifier", with_checkpoint=True)  # a checkpoint directory with nothing in it
+  with pytest.raises(ConfigError) as e:
+    inversion.create_state(inv_config(workdir), jax.random.key(0), info, 1)
+  message = str(e.value)
+  prefix = f"config.inversion.classifier_workdir={workdir!r}: --workdir={workdir}: checkpoint 5 does not restore ("
+  assert message.startswith(prefix), message
+  assert message.endswith("); training this workdir again moves it aside and resumes from the one before"), message
+  assert "\n" not in message
 
 
 # ----------------------------------------------------------------------------
