@@ -104,26 +104,29 @@ def test_steps_change_both_networks_and_stay_finite(generator):
     np.testing.assert_allclose(images[:, 3], gan.generate(new, z, jnp.full((6,), 3)), atol=1e-5)
 
 
-@pytest.mark.slow
-def test_each_player_steps_on_the_gradient_of_its_own_loss():
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
+def test_each_player_steps_on_the_gradient_of_its_own_loss(conditional):
   # With plain SGD a step is params - lr * gradient, so both updates can be recomputed from the losses'
   # definitions: D on -log D(x) - log(1 - D(G(z))) with G's fakes held fixed, then G on -log D(G(z)) through the
   # updated D (softplus(-l) = -log sigmoid(l) of D's logits l). A flipped sign, a gradient of the wrong loss, a
-  # G step against the old D, or a D gradient leaking into G's step each move the params elsewhere.
-  config = tiny_gan()
+  # G step against the old D, or a D gradient leaking into G's step each move the params elsewhere. Conditional:
+  # both players see each real image's label, and the fakes are drawn for those labels. In the fast tier, as the
+  # test of what the step is for: the direction test passes some wrong losses whose step lowers the right one.
+  config = tiny_gan(conditional=conditional)
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.1
   state = gan.create_state(config, jax.random.key(0), INFO, 10)
   images, rng = batch(), jax.random.key(1)
   after, _ = jax.jit(lambda s, b, r: gan.train_step(s, b, r, config=config))(state, images, rng)
   z = gan._latents(rng, 0, 16, config.generator.latent_dim)  # the step's latents
   real = images["image"] * 2 - 1  # tanh's range
+  labels = images["label"] if conditional else None
 
   def fake(g_params):  # G in training mode: batch statistics
     g_vars = {"params": g_params, "batch_stats": state.batch_stats}
-    return state.generator.apply(g_vars, z, train=True, mutable=["batch_stats"])[0]
+    return state.generator.apply(g_vars, z, labels, train=True, mutable=["batch_stats"])[0]
 
   def logits(d_params, x):
-    return state.discriminator.apply({"params": d_params}, x)
+    return state.discriminator.apply({"params": d_params}, x, labels)
 
   def d_loss(d_params, fakes):
     return jnp.mean(jax.nn.softplus(-logits(d_params, real)) + jax.nn.softplus(logits(d_params, fakes)))
@@ -141,6 +144,12 @@ def test_each_player_steps_on_the_gradient_of_its_own_loss():
   for net in ("discriminator", "generator"):
     for got, wanted in zip(jax.tree.leaves(after.params[net]), jax.tree.leaves(want[net]), strict=True):
       np.testing.assert_allclose(got, wanted, rtol=1e-4, atol=1e-6, err_msg=net)
+  # G's BatchNorm statistics move by its one forward pass on the step's latents, with the params before the step.
+  g_vars = {"params": state.params["generator"], "batch_stats": state.batch_stats}
+  stats = state.generator.apply(g_vars, z, labels, train=True, mutable=["batch_stats"])[1]["batch_stats"]
+  assert jax.tree.leaves(stats)
+  for got, wanted in zip(jax.tree.leaves(after.batch_stats), jax.tree.leaves(stats), strict=True):
+    np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-6)
 
 
 def test_latents_are_keyed_by_global_index():
