@@ -189,7 +189,19 @@ def test_a_bad_layer_names_the_layers(info, classifier_run):
     inversion.create_state(inv_config(classifier_run, "pool9"), jax.random.key(0), info, 1)
   message = str(e.value)
   assert message.startswith("config.inversion.layer='pool9' is not allowed: one of ('act1', 'pool1', 'act2', 'pool2'")
+  assert message.endswith(f"(the classifier in config.inversion.classifier_workdir={classifier_run!r})"), message
   assert "\n" not in message
+
+
+def test_an_inversion_state_holds_its_generator_s_batch_statistics(info, classifier_run):
+  """The generator's BatchNorm statistics are part of the state from the start (they move with each step and are
+  what the inversion generates with); its initial ones: zero means, unit variances."""
+  state = inversion.create_state(inv_config(classifier_run), jax.random.key(0), info, 1)
+  leaves = jax.tree_util.tree_leaves_with_path(state.batch_stats)
+  assert leaves
+  for path, value in leaves:
+    expected = 1.0 if "var" in jax.tree_util.keystr(path) else 0.0
+    np.testing.assert_array_equal(value, np.full(value.shape, expected))
 
 
 def _fake_run(workdir, task: str, with_checkpoint: bool):
