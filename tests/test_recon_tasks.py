@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deconv_jax import attribution, data, eval_loop, tasks, train
 from deconv_jax import config as config_lib
-from deconv_jax import data, eval_loop, tasks, train
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, inversion
@@ -175,6 +175,33 @@ def test_inversion_steps_train_only_the_generator(info, batch, classifier_run):
   recon = jax.jit(inversion.reconstruct)(state, batch["image"])
   assert recon.shape == batch["image"].shape
   assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+
+
+def test_an_inversion_step_is_sgd_on_the_reconstruction_error_from_the_features(info, batch, classifier_run):
+  """With plain SGD the generator's step is ``params - lr * grad`` of the mean over the batch of each image's MSE
+  between the image and the generator's output (training mode, unclipped, in [0, 1] units) from the frozen
+  classifier's features of it: recomputed here from that definition, with the new batch statistics."""
+  c = inv_config(classifier_run)
+  c.optimizer.name, c.optimizer.learning_rate = "sgd", 0.5
+  state = inversion.create_state(c, jax.random.key(0), info, 5)
+  images = jnp.asarray(batch["image"])
+  after, metrics = jax.jit(functools.partial(inversion.train_step, config=c))(state, batch, jax.random.key(1))
+  acts = attribution.activations(state.classifier, {"params": state.classifier_params}, images)["pool2"]
+  codes = acts.reshape(len(images), -1)
+
+  def mse(params):
+    g_vars = {"params": params, "batch_stats": state.batch_stats}
+    out, updates = state.generator.apply(g_vars, codes, train=True, mutable=["batch_stats"])
+    recon = (out + 1) / 2 if state.generator.output_activation == "tanh" else out
+    return jnp.mean((recon - images) ** 2), updates["batch_stats"]
+
+  (loss, stats), grads = jax.jit(jax.value_and_grad(mse, has_aux=True))(state.params)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  assert int(after.step) == 1
+  for got, wanted in zip(_leaves(after.params), _leaves(jax.tree.map(lambda p, g: p - 0.5 * g, state.params, grads))):
+    np.testing.assert_allclose(got, wanted, rtol=1e-4, atol=1e-6)
+  for got, wanted in zip(_leaves(after.batch_stats), _leaves(stats), strict=True):
+    np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("layer,size", [("act1", 26 * 26 * 8), ("hidden1", 32), ("logits", 10)])
