@@ -116,7 +116,7 @@ def test_each_player_steps_on_the_gradient_of_its_own_loss(conditional):
   config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.1
   state = gan.create_state(config, jax.random.key(0), INFO, 10)
   images, rng = batch(), jax.random.key(1)
-  after, _ = jax.jit(lambda s, b, r: gan.train_step(s, b, r, config=config))(state, images, rng)
+  after, metrics = jax.jit(lambda s, b, r: gan.train_step(s, b, r, config=config))(state, images, rng)
   z = gan._latents(rng, 0, 16, config.generator.latent_dim)  # the step's latents
   real = images["image"] * 2 - 1  # tanh's range
   labels = images["label"] if conditional else None
@@ -144,6 +144,19 @@ def test_each_player_steps_on_the_gradient_of_its_own_loss(conditional):
   for net in ("discriminator", "generator"):
     for got, wanted in zip(jax.tree.leaves(after.params[net]), jax.tree.leaves(want[net]), strict=True):
       np.testing.assert_allclose(got, wanted, rtol=1e-4, atol=1e-6, err_msg=net)
+  assert int(after.step) == 1 and set(after.opt_state) == {"generator", "discriminator"}
+  # The metrics: each player's loss (G's through the updated D) and D's mean belief in the real and the fake.
+  fakes = fake(state.params["generator"])
+  d_old = state.params["discriminator"]
+  expected_metrics = {
+    "d_loss": d_loss(d_old, fakes),
+    "g_loss": g_loss(state.params["generator"], want["discriminator"]),
+    "d_real": jnp.mean(jax.nn.sigmoid(logits(d_old, real))),
+    "d_fake": jnp.mean(jax.nn.sigmoid(logits(d_old, fakes))),
+  }
+  assert set(metrics) == set(expected_metrics)
+  for name, value in expected_metrics.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
   # G's BatchNorm statistics move by its one forward pass on the step's latents, with the params before the step.
   g_vars = {"params": state.params["generator"], "batch_stats": state.batch_stats}
   stats = state.generator.apply(g_vars, z, labels, train=True, mutable=["batch_stats"])[1]["batch_stats"]
