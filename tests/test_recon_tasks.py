@@ -177,12 +177,17 @@ def test_inversion_steps_train_only_the_generator(info, batch, classifier_run):
   assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
 
 
-def test_an_inversion_step_is_sgd_on_the_reconstruction_error_from_the_features(info, batch, classifier_run):
+@pytest.mark.parametrize("output_activation", ["tanh", "none"])
+def test_an_inversion_step_is_sgd_on_the_reconstruction_error_from_the_features(
+  info, batch, classifier_run, output_activation
+):
   """With plain SGD the generator's step is ``params - lr * grad`` of the mean over the batch of each image's MSE
   between the image and the generator's output (training mode, unclipped, in [0, 1] units) from the frozen
-  classifier's features of it: recomputed here from that definition, with the new batch statistics."""
+  classifier's features of it: recomputed here from that definition, with the new batch statistics. With no
+  output activation the output leaves [0, 1], where a clip would change the loss and stop its gradient."""
   c = inv_config(classifier_run)
   c.optimizer.name, c.optimizer.learning_rate = "sgd", 0.5
+  c.generator.output_activation = output_activation
   state = inversion.create_state(c, jax.random.key(0), info, 5)
   images = jnp.asarray(batch["image"])
   after, metrics = jax.jit(functools.partial(inversion.train_step, config=c))(state, batch, jax.random.key(1))
