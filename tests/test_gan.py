@@ -35,6 +35,25 @@ def batch(n=16, seed=0):
   return {"image": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)), "label": jnp.arange(n) % 10}
 
 
+def test_generate_many_is_generate_on_the_measure_seed_s_latents_in_batches():
+  """What `evaluate` measures: ``n`` images from `MEASURE_SEED`'s latents (never the grid's), classes in turn when
+  conditional, the same whatever the batch size; and `generate` with no labels draws the classes in turn too."""
+  five = data.DatasetInfo(image_shape=(28, 28, 1), num_classes=5, num_examples=16)
+  assert gan.MEASURE_SEED != gan.SAMPLE_SEED
+  for conditional, info in [(False, INFO), (True, five)]:
+    state = gan.create_state(tiny_gan(conditional=conditional), jax.random.key(0), info, 10)
+    z = jax.random.normal(jax.random.key(gan.MEASURE_SEED), (7, state.latent_dim))
+    labels = jnp.arange(7) % 5 if conditional else None
+    generate = jax.jit(gan.generate)
+    expected = generate(state, z, labels)
+    got = gan.generate_many(state, 7, batch_size=3)
+    assert isinstance(got, np.ndarray) and got.shape == (7, 28, 28, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(gan.generate_many(state, 7), expected, atol=1e-6)  # one batch
+    if conditional:
+      np.testing.assert_allclose(generate(state, z), expected, atol=1e-6)  # labels 0, 1, ..., 4, 0, 1 by default
+
+
 def test_ranges_between_the_data_and_the_generator_and_its_variables():
   data_images = jnp.array([0.0, 0.25, 1.0])
   np.testing.assert_array_equal(gan.to_model_range(data_images, "tanh"), [-1.0, -0.5, 1.0])
