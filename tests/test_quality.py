@@ -4,6 +4,7 @@ import itertools
 import re
 from types import SimpleNamespace
 
+import dm_pix
 import jax
 import numpy as np
 import pytest
@@ -340,6 +341,9 @@ def test_ssim_of_identical_images_is_one_and_of_noise_is_low():
   assert quality.ssim(images, rng.uniform(size=images.shape)) < 0.5
   with pytest.raises(ValueError, match="equal shape"):
     quality.ssim(images, images[:1])
+  # for data in [0, 1]: SSIM's constants scale with the range, so the value of a known error is that of range 1
+  expected = float(np.mean(dm_pix.ssim(jax.numpy.asarray(images + 0.1), jax.numpy.asarray(images), max_val=1.0)))
+  assert quality.ssim(images + 0.1, images) == pytest.approx(expected, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------
