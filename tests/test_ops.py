@@ -322,6 +322,26 @@ def test_same_padding_odd_total_matches_lax(y_hw, kernel_hw, strides, dilation):
   np.testing.assert_allclose(ops.deconv2d(y, k, strides=strides, dilation=dilation), expected, **TOL)
 
 
+@pytest.mark.parametrize(
+  "y_dtype, k_dtype, expected_dtype",
+  [
+    (jnp.bfloat16, jnp.bfloat16, jnp.bfloat16),  # a bfloat16 generator stays in bfloat16
+    (jnp.bfloat16, jnp.float32, jnp.float32),  # mixed: the wider of the two, as lax.conv_transpose promotes
+    (jnp.float16, jnp.float16, jnp.float16),
+  ],
+)
+def test_dtype_is_the_promotion_of_its_inputs(y_dtype, k_dtype, expected_dtype):
+  """Half-precision in, half-precision out: deconv computes in ``result_type(y, kernel)``, as `lax.conv_transpose`
+  and flax's ConvTranspose do, and gives their values in it."""
+  y, k = randn(0, (2, 4, 5, 3)).astype(y_dtype), randn(1, (3, 3, 2, 3)).astype(k_dtype)
+  ours = ops.deconv2d(y, k, strides=2)
+  expected = lax.conv_transpose(
+    y.astype(expected_dtype), k.astype(expected_dtype), (2, 2), "SAME", dimension_numbers=DN, transpose_kernel=True
+  )
+  assert ours.dtype == expected.dtype == expected_dtype
+  np.testing.assert_allclose(ours.astype(jnp.float32), expected.astype(jnp.float32), rtol=2e-2, atol=5e-2)
+
+
 @SETTINGS
 @given(conv_configs(paddings=("int", "pair", "explicit"), groups=(1,)), SEEDS)
 def test_equals_lax_conv_transpose_consistent_padding(cfg, seed):
