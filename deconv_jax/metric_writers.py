@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -16,13 +17,44 @@ import numpy as np
 from deconv_jax import figures
 
 
+def read_records(path: str) -> tuple[list[dict], int]:
+  """The records of a ``metrics.jsonl``, and how many of its lines are not a whole record.
+
+  A run killed while it appended leaves its last line torn; that line (or any other that does not parse) is
+  not a record, and is counted, not raised, so a killed run can be read and resumed as it is.
+  """
+  records, torn = [], 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        torn += 1
+        continue
+      if isinstance(record, dict) and isinstance(record.get("step"), int):
+        records.append(record)
+      else:
+        torn += 1
+  return records, torn
+
+
 class MetricWriter:
   """``write(step, split, metrics)`` appends ``{"step", "split", **metrics}`` and logs ``split/name`` scalars."""
 
-  def __init__(self, metrics: str, tensorboard: str, samples: str, resume_step: int | None = None):
+  def __init__(
+    self,
+    metrics: str,
+    tensorboard: str,
+    samples: str,
+    resume_step: int | None = None,
+    log: Callable[[str], None] = print,
+  ):
     """``metrics``: the JSON-lines file; ``tensorboard``, ``samples``: directories. ``resume_step``: the step a
     run resumes from; records of later steps (written before the run was interrupted, and about to be written
-    again) are dropped from ``metrics`` first."""
+    again) are dropped from ``metrics`` first. Lines that are not a whole record (a run killed mid-write) are
+    dropped too, and ``log`` says so in one line: appended to, a torn line would swallow the next record."""
     self._active = jax.process_index() == 0
     if not self._active:
       return
@@ -30,13 +62,14 @@ class MetricWriter:
 
     self._samples = samples
     path = metrics
-    if resume_step is not None and os.path.exists(path):
-      with open(path) as f:
-        lines = f.readlines()
-      kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= resume_step]
-      if len(kept) != len(lines):
-        with open(path + ".tmp", "w") as f:
-          f.writelines(kept)
+    if os.path.exists(path):
+      records, torn = read_records(path)
+      kept = [r for r in records if resume_step is None or r["step"] <= resume_step]
+      if torn:
+        log(f"{path}: dropped {torn} line(s) that are not a whole record (a run killed while writing it)")
+      if torn or len(kept) != len(records):
+        with open(path + ".tmp", "w") as f:  # replaced whole: a kill now leaves the old file or the new one
+          f.writelines(json.dumps(r) + "\n" for r in kept)
         os.replace(path + ".tmp", path)
     self._jsonl = open(path, "a")  # noqa: SIM115 - open until close()
     self._tb = SummaryWriter(tensorboard)

@@ -129,7 +129,11 @@ def _train_and_evaluate(
 
   # ---------------------------------------------------------------- loop
   writer = MetricWriter(
-    run_dir.metrics, run_dir.tensorboard, run_dir.samples, resume_step=start_step if start_step < total_steps else None
+    run_dir.metrics,
+    run_dir.tensorboard,
+    run_dir.samples,
+    resume_step=start_step if start_step < total_steps else None,
+    log=_log,
   )
   held.callback(writer.close)
   eval_metrics: dict[str, float] = {}

@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 
 from deconv_jax.figures import image_grid
-from deconv_jax.metric_writers import MetricWriter
+from deconv_jax.metric_writers import MetricWriter, read_records
 from deconv_jax.workdir import RunDir
 
 
@@ -39,3 +39,29 @@ def test_image_grid_pads_the_last_row_with_white():
   grid = image_grid(np.zeros((3, 2, 2, 1)), cols=2, gap=1)
   assert grid.shape == (5, 5, 3)
   assert (grid[3:, 3:] == 255).all() and (grid[3:, :2] == 0).all()
+
+
+def test_a_torn_last_line_is_dropped_and_said_once(tmp_path):
+  """A run killed while it appended leaves half a record; the next writer drops it (with one line), keeps the
+  records up to the step it resumes from, and appends whole lines after them."""
+  run_dir = RunDir(str(tmp_path))
+  records = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (10, 20, 30)]
+  torn = '{"step": 41, "spl'
+  for resume_step, kept in ((20, records[:2]), (None, records)):  # resuming at 20; a finished run re-evaluated
+    with open(run_dir.metrics, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+      f.write(torn)
+    said = []
+    writer = MetricWriter(run_dir.metrics, run_dir.tensorboard, run_dir.samples, resume_step, log=said.append)
+    writer.write(50, "eval", {"accuracy": 0.5})
+    writer.close()
+    assert said == [f"{run_dir.metrics}: dropped 1 line(s) that are not a whole record (a run killed while writing it)"]
+    with open(run_dir.metrics) as f:
+      assert [json.loads(line) for line in f] == [*kept, {"step": 50, "split": "eval", "accuracy": 0.5}]
+    assert read_records(run_dir.metrics) == ([*kept, {"step": 50, "split": "eval", "accuracy": 0.5}], 0)
+
+
+def test_read_records_counts_what_is_not_a_record(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n\n[1, 2]\n{"loss": 3.0}\n{"step": 2, "loss"\n')
+  assert read_records(str(path)) == ([{"step": 1, "loss": 2.0}], 3)

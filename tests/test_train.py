@@ -103,6 +103,20 @@ def test_resume_ends_where_an_uninterrupted_run_ends_and_drops_the_metrics_logge
   assert read_metrics(split, "train")[4]["loss"] != 1.0
 
 
+def test_a_run_killed_while_it_appended_a_record_resumes(tmp_path, capsys):
+  """The torn last line of ``metrics.jsonl`` is dropped with one line; the resumed run's records all parse."""
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(small_config(num_train_steps=20, eval_every_steps=20), workdir)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 21, "spl')  # killed in the middle of a record
+  capsys.readouterr()
+  train.train_and_evaluate(small_config(num_train_steps=30, eval_every_steps=20), workdir)
+  out = capsys.readouterr().out
+  assert "metrics.jsonl: dropped 1 line(s) that are not a whole record (a run killed while writing it)" in out
+  assert [r["step"] for r in read_metrics(workdir, "train")] == [10, 20, 30]
+  assert [r["step"] for r in read_metrics(workdir, "eval")] == [20, 30]
+
+
 def test_a_complete_run_only_evaluates_and_says_so(tmp_path, capsys):
   workdir = str(tmp_path / "run")
   first = train.train_and_evaluate(small_config(num_train_steps=20, eval_every_steps=20), workdir)

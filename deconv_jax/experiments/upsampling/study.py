@@ -41,7 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 # A driver, like a notebook: it runs `train` in-process, one run after another.
-from deconv_jax import cli, data, figures, measure, quality, tasks, train
+from deconv_jax import cli, data, figures, measure, metric_writers, quality, tasks, train
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.experiments.upsampling import checkerboard_check, report, stats
@@ -180,12 +180,10 @@ def _train_seconds(path: str, fallback: float) -> float:
   if not os.path.exists(metrics):
     return fallback
   seconds, last_step = 0.0, 0
-  with open(metrics) as f:
-    for line in f:
-      record = json.loads(line)
-      if record.get("split") == "train" and record.get("steps_per_sec"):
-        seconds += (record["step"] - last_step) / record["steps_per_sec"]
-        last_step = record["step"]
+  for record in metric_writers.read_records(metrics)[0]:  # a torn last line (a killed run) is not a record
+    if record.get("split") == "train" and record.get("steps_per_sec"):
+      seconds += (record["step"] - last_step) / record["steps_per_sec"]
+      last_step = record["step"]
   return seconds or fallback
 
 
