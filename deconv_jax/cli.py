@@ -139,7 +139,10 @@ def define_workdir_flags(argv: list[str]) -> None:
   The config is read before flags are parsed, from the ``--workdir`` in ``argv``.
   """
   workdir = _workdir_from_argv(argv)
-  saved = workdir_lib.saved_config(workdir)
+  try:
+    saved = workdir_lib.saved_config(workdir)
+  except ConfigError as e:  # read before `run` catches user errors
+    die(str(e))
   if saved is None:
     die(f"--workdir={workdir} has no config.json: not a training run directory")
   flags.DEFINE_string("workdir", None, "Run directory written by deconv_jax.train.")

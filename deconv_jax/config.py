@@ -300,7 +300,10 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   the behaviour the run had; keys `base` does not know are kept, for `validate` to name.
   """
   with open(path) as f:
-    saved = _tuples(json.load(f))
+    saved = json.load(f)
+  if not isinstance(saved, dict):
+    raise ValueError(f"a config is a JSON object, not {type(saved).__name__}")
+  saved = _tuples(saved)
   merged = base().to_dict()
 
   def fill(into: dict, values: dict) -> None:

@@ -104,8 +104,19 @@ class RunDir:
     return self._file(f"{name}.png")
 
   def saved_config(self) -> ml_collections.ConfigDict | None:
-    """The config saved in the run (`config.load_json`), or None if it holds none."""
-    return config_lib.load_json(self.config) if os.path.exists(self.config) else None
+    """The config saved in the run (`config.load_json`), or None if it holds none.
+
+    `config.save_json` replaces the file whole, so a run never leaves half of one; a damaged one (a full disk,
+    a hand edit) is refused in one line rather than guessed at: the checkpoints need the exact config.
+    """
+    if not os.path.exists(self.config):
+      return None
+    try:
+      return config_lib.load_json(self.config)
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+      raise config_lib.ConfigError(
+        f"--workdir={self.path}: config.json is damaged ({e}): restore it from a copy, or use a new --workdir"
+      ) from None
 
   def latest_step(self) -> int | None:
     """The latest complete checkpoint's step, or None; creates nothing."""

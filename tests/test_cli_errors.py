@@ -52,3 +52,18 @@ def test_a_truncated_gzip_idx_file(tmp_path, cli, mnist_dir):
   args = ["--config.dataset.source=idx", f"--config.dataset.data_dir={tmp_path}", "--config.dataset.train_split=test"]
   result = cli("deconv_jax.train", *args, f"--workdir={tmp_path / 'w'}")
   assert_one_line(result, f"error: {tmp_path / 't10k-images-idx3-ubyte.gz'}: damaged gzip file (")
+
+
+@pytest.mark.parametrize("command", ["deconv_jax.train", "deconv_jax.evaluate", "deconv_jax.visualize"])
+@pytest.mark.parametrize("damage", ["truncated", "not an object"])
+def test_a_damaged_config_json(tmp_path, cli, command, damage):
+  """A config.json cut short (a full disk) or edited into something else: one line, for every command that
+  reads it, and the file is left as it was for the user to look at."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  text = '{"batch_size": 32, "dataset": {"sou' if damage == "truncated" else "[1, 2]"
+  (workdir / "config.json").write_text(text)
+  result = cli(command, f"--workdir={workdir}")
+  assert_one_line(result, f"error: --workdir={workdir}: config.json is damaged (")
+  assert result.stderr.strip().splitlines()[-1].endswith("): restore it from a copy, or use a new --workdir")
+  assert (workdir / "config.json").read_text() == text
