@@ -79,6 +79,11 @@ def _train_and_evaluate(
   train_source = data.get_source(config.dataset, config.dataset.train_split)
   eval_source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.train_split)
+  if config.batch_size > len(train_source):  # each batch would hold the split several times over
+    raise config_lib.ConfigError(
+      f"config.batch_size={config.batch_size} is larger than the {len(train_source)} examples of "
+      f"{config.dataset.source}:{config.dataset.train_split}: use at most {len(train_source)}"
+    )
   total_steps = config_lib.num_train_steps(config, len(train_source))
 
   # ---------------------------------------------------------------- model & state

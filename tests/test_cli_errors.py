@@ -54,6 +54,16 @@ def test_a_truncated_gzip_idx_file(tmp_path, cli, mnist_dir):
   assert_one_line(result, f"error: {tmp_path / 't10k-images-idx3-ubyte.gz'}: damaged gzip file (")
 
 
+def test_a_batch_larger_than_the_training_split(tmp_path, cli):
+  """Refused before anything is built: each batch would cycle the 4,500 embedded digits 22 times, and a step
+  (and so a SIGTERM's wait) would take minutes."""
+  result = cli("deconv_jax.train", "--config.batch_size=100000", f"--workdir={tmp_path / 'w'}")
+  assert_one_line(
+    result, "error: config.batch_size=100000 is larger than the 4500 examples of embedded:train: use at most 4500"
+  )
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("command", ["deconv_jax.train", "deconv_jax.evaluate", "deconv_jax.visualize"])
 @pytest.mark.parametrize("damage", ["truncated", "not an object"])
 def test_a_damaged_config_json(tmp_path, cli, command, damage):
