@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -182,3 +183,37 @@ def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_n
   with pytest.raises(checkpoint.CheckpointError, match=r"; no earlier checkpoint exists$"):
     checkpoint.save(fresh, 1, small_state(1), None)
   assert checkpoint.one_line(ValueError("short\n  and   spaced")) == "ValueError: short and spaced"
+
+
+def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_path):
+  """The fallback without a training run: each damaged step is said in one line and moved aside whole, the newest
+  one that restores is returned, and when none does the error names them all."""
+  directory, damaged = str(tmp_path / "checkpoints"), str(tmp_path / "damaged")
+  mngr = checkpoint.manager(directory)
+  for step in (1, 2, 3):
+    checkpoint.save(mngr, step, small_state(step), None)
+  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path / "none")), small_state(0), damaged=damaged) is None
+  truncate_largest_file(os.path.join(directory, "3"))
+  said, mngr = [], checkpoint.manager(directory)
+  state, step = checkpoint.restore_latest(mngr, small_state(0), damaged=damaged, log=said.append)
+  assert step == 2 and int(state["step"]) == 2
+  np.testing.assert_array_equal(state["w"], small_state(2)["w"])
+  assert len(said) == 1 and said[0].startswith("checkpoint 3 is damaged (")
+  assert said[0].endswith(f"): moved to {os.path.join(damaged, '3')}; trying step 2")
+  assert checkpoint.steps(directory) == [1, 2] and os.listdir(damaged) == ["3"]
+  checkpoint.save(mngr, 3, small_state(30), None)  # the run goes on: its manager knows step 3 is gone
+  assert checkpoint.steps(directory) == [1, 2, 3]
+  assert int(checkpoint.restore(mngr, 3, small_state(0))["step"]) == 30
+  shutil.rmtree(os.path.join(directory, "3"))
+
+  for step in (1, 2):
+    truncate_largest_file(os.path.join(directory, str(step)))
+  said.clear()
+  message = (
+    f"no checkpoint in {directory} could be restored (steps [2, 1], now in {damaged}): run again to start from step 0"
+  )
+  with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(message)}$"):
+    checkpoint.restore_latest(checkpoint.manager(directory), small_state(0), damaged=damaged, log=said.append)
+  assert [line.split(" (")[0] for line in said] == ["checkpoint 2 is damaged", "checkpoint 1 is damaged"]
+  assert said[-1].endswith("; no earlier checkpoint")
+  assert checkpoint.steps(directory) == [] and sorted(os.listdir(damaged)) == ["1", "2", "3"]
