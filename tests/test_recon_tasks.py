@@ -36,6 +36,14 @@ def batch():
   return next(data.eval_batches(source, global_batch_size=16))
 
 
+@pytest.fixture(scope="module")
+def batch40():
+  """40 embedded training digits: more than `xla_cpu.CPU_CHUNK`, where a batch whose examples were not coupled
+  would be taken in chunks."""
+  source = data.get_source(config_lib.base().dataset, "train")
+  return next(data.eval_batches(source, global_batch_size=40))
+
+
 @pytest.fixture
 def classifier_run(classifier_run):
   """The shared tiny classifier run's workdir: the run an inversion inverts."""
@@ -179,12 +187,14 @@ def test_inversion_steps_train_only_the_generator(info, batch, classifier_run):
 
 @pytest.mark.parametrize("output_activation", ["tanh", "none"])
 def test_an_inversion_step_is_sgd_on_the_reconstruction_error_from_the_features(
-  info, batch, classifier_run, output_activation
+  info, batch40, classifier_run, output_activation
 ):
   """With plain SGD the generator's step is ``params - lr * grad`` of the mean over the batch of each image's MSE
   between the image and the generator's output (training mode, unclipped, in [0, 1] units) from the frozen
   classifier's features of it: recomputed here from that definition, with the new batch statistics. With no
-  output activation the output leaves [0, 1], where a clip would change the loss and stop its gradient."""
+  output activation the output leaves [0, 1], where a clip would change the loss and stop its gradient. The
+  batch of 40 is one batch for batch norm, never chunks."""
+  batch = batch40
   c = inv_config(classifier_run)
   c.optimizer.name, c.optimizer.learning_rate = "sgd", 0.5
   c.generator.output_activation = output_activation
@@ -207,6 +217,22 @@ def test_an_inversion_step_is_sgd_on_the_reconstruction_error_from_the_features(
     np.testing.assert_allclose(got, wanted, rtol=1e-4, atol=1e-6)
   for got, wanted in zip(_leaves(after.batch_stats), _leaves(stats), strict=True):
     np.testing.assert_allclose(got, wanted, rtol=1e-5, atol=1e-6)
+
+
+def test_an_inversion_eval_step_scores_the_reconstructions_of_the_real_rows(info, batch, classifier_run):
+  """The eval loss is the mean over the real rows (mask 1) of each image's MSE to the generator's output in
+  inference mode, clipped to [0, 1], from the classifier's features of that image; padding rows count nowhere."""
+  c = inv_config(classifier_run)
+  state = inversion.create_state(c, jax.random.key(0), info, 5)
+  images = jnp.asarray(batch["image"])
+  padded = {**batch, "image": images.at[10:].set(0.0), "mask": jnp.ones(16).at[10:].set(0.0)}
+  metrics = inversion.eval_metrics(jax.device_get(jax.jit(inversion.eval_step)(state, padded)))
+  acts = attribution.activations(state.classifier, {"params": state.classifier_params}, images[:10])["pool2"]
+  g_vars = {"params": state.params, "batch_stats": state.batch_stats}
+  recon = jnp.clip((state.generator.apply(g_vars, acts.reshape(10, -1)) + 1) / 2, 0.0, 1.0)
+  assert metrics["num_examples"] == 10
+  np.testing.assert_allclose(metrics["loss"], jnp.mean((recon - images[:10]) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(inversion.reconstruct)(state, images[:10]), recon, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("layer,size", [("act1", 26 * 26 * 8), ("hidden1", 32), ("logits", 10)])
