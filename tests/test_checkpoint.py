@@ -121,6 +121,19 @@ def test_a_failed_save_is_removed_even_while_its_last_writes_land(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["6"]
 
 
+def test_removing_a_failed_save_waits_only_while_something_is_left(tmp_path, monkeypatch):
+  """It returns once the leftovers stay gone, after one pause; with nothing to remove it does not wait out its
+  patience (which a run would spend before its one-line error)."""
+  pauses = []
+  monkeypatch.setattr(checkpoint.time, "sleep", pauses.append)
+  (tmp_path / "7.orbax-checkpoint-tmp-1" / "state").mkdir(parents=True)
+  (tmp_path / "6").mkdir()
+  checkpoint.remove_failed_save(str(tmp_path), 7, patience_s=0.5)
+  assert sorted(os.listdir(tmp_path)) == ["6"] and len(pauses) == 1
+  checkpoint.remove_failed_save(str(tmp_path), 8, patience_s=0.5)
+  assert len(pauses) == 2
+
+
 # ---------------------------------------------------------------- the module itself, without training
 
 
