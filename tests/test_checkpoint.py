@@ -196,6 +196,21 @@ def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_n
   with pytest.raises(checkpoint.CheckpointError, match=r"; no earlier checkpoint exists$"):
     checkpoint.save(fresh, 1, small_state(1), None)
   assert checkpoint.one_line(ValueError("short\n  and   spaced")) == "ValueError: short and spaced"
+  whole = "x" * 240  # up to 240 characters a message is kept whole
+  assert checkpoint.one_line(OSError(whole)) == f"OSError: {whole}"
+  assert checkpoint.one_line(OSError(whole + "y")) == f"OSError: {'x' * 120} ... {'x' * 109}y"
+
+
+def test_the_next_manager_removes_what_a_killed_save_left(tmp_path):
+  """The fast tier's view of a killed save: its temporary directory is not a step, and the next manager of the
+  directory removes it by its first save (the slow test kills a real run)."""
+  directory = str(tmp_path)
+  checkpoint.save(checkpoint.manager(directory), 5, small_state(5), None)
+  leftover = tmp_path / "6.orbax-checkpoint-tmp-1234567" / "state"
+  leftover.mkdir(parents=True)
+  assert checkpoint.steps(directory) == [5]
+  checkpoint.save(checkpoint.manager(directory), 7, small_state(7), None)
+  assert sorted(os.listdir(directory)) == ["5", "7"]
 
 
 def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_path):
@@ -228,5 +243,5 @@ def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_p
   with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(message)}$"):
     checkpoint.restore_latest(checkpoint.manager(directory), small_state(0), damaged=damaged, log=said.append)
   assert [line.split(" (")[0] for line in said] == ["checkpoint 2 is damaged", "checkpoint 1 is damaged"]
-  assert said[-1].endswith("; no earlier checkpoint")
+  assert said[0].endswith("; trying step 1") and said[1].endswith("; no earlier checkpoint")
   assert checkpoint.steps(directory) == [] and sorted(os.listdir(damaged)) == ["1", "2", "3"]
