@@ -206,6 +206,23 @@ def test_the_classifier_step_augments_each_image_by_its_index_and_reports_the_ba
   assert float(metrics["accuracy"]) == float(jnp.mean(jnp.argmax(logits, axis=1) == digits["label"]))
 
 
+def test_the_classifier_step_over_devices_augments_each_image_by_its_global_index(digits):
+  """Two devices, as `jax.vmap` with the step's axis name stands in for them: device d holds images 8d..8d+7 and
+  folds their keys from those global indices, so the step equals the one-device step on all 16."""
+  c = _small("classifier")
+  c.augment.max_shift, c.augment.max_rotation = 2.0, 10.0
+  state = classifier.create_state(c, jax.random.key(0), INFO, 10)
+  rng = jax.random.key(3)
+  one, one_metrics = _step(classifier, c, state, digits, rng)
+  halves = jax.tree.map(lambda x: x.reshape(2, 8, *x.shape[1:]), digits)
+  step = functools.partial(classifier.train_step, rng=rng, config=c, axis_name="devices")
+  two, two_metrics = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="devices"))(state, halves)
+  for got, want in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got[0], got[1])  # the gradient is the mean over both devices on each
+  np.testing.assert_allclose(two_metrics["loss"][0], one_metrics["loss"], rtol=1e-5)
+
+
 def test_the_classifier_eval_counts_only_the_real_rows(digits):
   # Padding rows (mask 0) fill the last eval batch: they add nothing to any sum.
   c = _small("classifier")
@@ -220,3 +237,17 @@ def test_the_classifier_eval_counts_only_the_real_rows(digits):
     np.testing.assert_allclose(padded[key], half[key], rtol=1e-6)
   metrics = classifier.eval_metrics(jax.device_get(padded))
   assert metrics["num_examples"] == 8 and metrics["accuracy"] == float(half["correct"]) / 8
+  logits = state.apply_fn({"params": state.params}, digits["image"])
+  assert float(whole["correct"]) == float(jnp.sum(jnp.argmax(logits, axis=1) == digits["label"]))
+  np.testing.assert_allclose(whole["loss"], 16 * _cross_entropy(logits, digits["label"]), rtol=1e-5)
+  # one real row is its own mean; none (a split smaller than the devices' padding) is 0, not a division by 0
+  assert classifier.eval_metrics({"loss": 0.5, "correct": 1.0, "count": 1.0}) == {
+    "accuracy": 1.0,
+    "loss": 0.5,
+    "num_examples": 1,
+  }
+  assert classifier.eval_metrics({"loss": 0.0, "correct": 0.0, "count": 0.0}) == {
+    "accuracy": 0.0,
+    "loss": 0.0,
+    "num_examples": 0,
+  }
