@@ -1,5 +1,6 @@
 """The GAN task: steps that change both networks, latents keyed by global index, samples, measurements end to end."""
 
+import functools
 import json
 
 import jax
@@ -189,6 +190,24 @@ def test_latents_are_keyed_by_global_index():
   whole = gan._latents(rng, 0, 8, 5)
   halves = jnp.concatenate([gan._latents(rng, 0, 4, 5), gan._latents(rng, 4, 4, 5)])
   np.testing.assert_array_equal(whole, halves)
+
+
+def test_a_step_over_two_devices_is_the_step_on_one():
+  """Two devices, as `jax.vmap` with the step's axis name stands in for them: each draws the latents of its images'
+  global indices and batch norm averages its statistics over both, so the step equals the one-device step."""
+  c = tiny_gan()
+  state = gan.create_state(c, jax.random.key(0), INFO, 10)
+  rng, images = jax.random.key(1), batch()
+  step = functools.partial(gan.train_step, rng=rng, config=c)
+  one, one_metrics = jax.jit(step)(state, images)
+  halves = jax.tree.map(lambda x: x.reshape(2, 8, *x.shape[1:]), images)
+  two, two_metrics = jax.jit(jax.vmap(functools.partial(step, axis_name="d"), in_axes=(None, 0), axis_name="d"))(
+    state, halves
+  )
+  for got, want in zip(jax.tree.leaves((two.params, two.batch_stats)), jax.tree.leaves((one.params, one.batch_stats))):
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-6)
+  for key in ("d_loss", "g_loss"):
+    np.testing.assert_allclose(two_metrics[key][0], one_metrics[key], rtol=1e-5)
 
 
 GAN_ARGS = [
