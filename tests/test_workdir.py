@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import test_data
 import test_gan
 
 from deconv_jax import checkpoint, data, tasks, train
@@ -130,6 +131,13 @@ def test_prepare_saves_the_config_and_refuses_what_would_mix_two_runs(tmp_path):
   )
   with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
     workdir_lib.prepare(other, path, found)
+  other.batch_size, other.model.dense = 8, (16,)  # four differences: the first three are named
+  message = (
+    f"--workdir={path} holds a checkpoint of a different config (batch_size: 32 != 8; model.dense: (512,) != (16,); "
+    "model.features: (32, 64, 128) != (4,)): use a new --workdir, or the config it was trained with"
+  )
+  with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+    workdir_lib.prepare(other, path, found)
   with workdir_lib.prepare(config, path, found):  # the same config resumes
     pass
   with workdir_lib.prepare(other, path, workdir_lib.Found(config=config, step=None)):  # no checkpoint: a new run
@@ -170,6 +178,21 @@ def test_restore_gives_the_latest_checkpoint_and_refuses_what_does_not_describe_
     workdir_lib.restore(changed, workdir, run.task, command="visualize")
   with pytest.raises(ConfigError, match=f"^{re.escape(message.replace('visualize', 'evaluate'))}$"):
     workdir_lib.restore(changed, workdir, run.task)  # the default names evaluate
+  # other images to look at: refused when their shape or their classes are not those the model was trained on
+  for hw, classes in [((28, 28), 4), ((5, 3), 10)]:
+    data_dir = tmp_path / f"idx_{hw[0]}x{hw[1]}_{classes}"
+    data_dir.mkdir()
+    images = np.zeros((classes, *hw), np.uint8)
+    test_data.write(data_dir / "t10k-images-idx3-ubyte", test_data.idx_bytes(images), gzipped=False)
+    test_data.write(data_dir / "t10k-labels-idx1-ubyte", test_data.idx_bytes(np.arange(classes, dtype=np.uint8)), False)
+    elsewhere = copy.deepcopy(saved)
+    elsewhere.dataset.update(source="idx", data_dir=str(data_dir), eval_split="test")
+    message = (
+      f"config.dataset: idx:test has images {(*hw, 1)} and {classes} classes, the model was trained on (28, 28, 1) "
+      "with 10"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+      workdir_lib.restore(elsewhere, workdir, run.task)
   for missing, message in [
     ("checkpoints", f"--workdir={tmp_path}/a has no checkpoint: train first"),
     ("config.json", f"--workdir={tmp_path}/b has no config.json: not a training run directory"),
