@@ -69,9 +69,10 @@ def test_ranges_between_the_data_and_the_generator_and_its_variables():
 
 
 def test_the_sample_grid_is_64_latents_fixed_by_seed_one_class_per_column():
-  """Unconditional: 8 x 8 from ``sample_latents``. Conditional over K classes: ``64 // K`` rows, column k class k."""
-  five = data.DatasetInfo(image_shape=(28, 28, 1), num_classes=5, num_examples=16)
-  for conditional, info, shape in [(False, INFO, (8, 8)), (True, five, (12, 5))]:
+  """Unconditional: 8 x 8 from ``sample_latents``. Conditional over K classes: ``64 // K`` rows, column k class k;
+  one row where there are more classes than 32 (CIFAR-100's 100 included)."""
+  five, hundred = (data.DatasetInfo(image_shape=(28, 28, 1), num_classes=k, num_examples=16) for k in (5, 100))
+  for conditional, info, shape in [(False, INFO, (8, 8)), (True, five, (12, 5)), (True, hundred, (1, 100))]:
     config = tiny_gan(conditional=conditional, output_activation="sigmoid")
     state = gan.create_state(config, jax.random.key(0), info, 10)
     samples = jax.jit(gan.samples)  # one compile, not one per eager op
@@ -81,7 +82,7 @@ def test_the_sample_grid_is_64_latents_fixed_by_seed_one_class_per_column():
     z = gan.sample_latents(state, shape[0] * shape[1])
     np.testing.assert_array_equal(z, jax.random.normal(jax.random.key(gan.SAMPLE_SEED), z.shape))
     if conditional:  # column k is class k: the same as generating class k directly
-      column = jax.jit(gan.generate)(state, z[3::5], jnp.full((12,), 3))
+      column = jax.jit(gan.generate)(state, z[3 :: shape[1]], jnp.full((shape[0],), 3))
       np.testing.assert_allclose(grid[:, 3], column, atol=1e-5)
     else:
       np.testing.assert_allclose(grid.reshape(64, 28, 28, 1), jax.jit(gan.generate)(state, z), atol=1e-6)
