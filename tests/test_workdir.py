@@ -112,6 +112,19 @@ def test_a_second_lock_is_refused_naming_the_holder_until_the_first_is_released(
       workdir_lib.Lock(path)
 
 
+def test_a_damaged_config_json_is_one_line_and_left_as_it_is(tmp_path):
+  run_dir = RunDir(str(tmp_path))
+  assert run_dir.saved_config() is None
+  pathlib.Path(run_dir.config).write_text('{"seed": 1, "mod')
+  message = (
+    f"--workdir={tmp_path}: config.json is damaged (Unterminated string starting at: line 1 column 13 (char 12)): "
+    "restore it from a copy, or use a new --workdir"
+  )
+  with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+    run_dir.read()
+  assert pathlib.Path(run_dir.config).read_text() == '{"seed": 1, "mod'
+
+
 def test_prepare_saves_the_config_and_refuses_what_would_mix_two_runs(tmp_path):
   path = str(tmp_path / "new" / "run")
   config = config_lib.base()
@@ -193,6 +206,15 @@ def test_restore_gives_the_latest_checkpoint_and_refuses_what_does_not_describe_
     )
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
       workdir_lib.restore(elsewhere, workdir, run.task)
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged, ignore=shutil.ignore_patterns(".lock"))
+  for f in (damaged / "checkpoints" / "60" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(b"")
+  with pytest.raises(ConfigError) as info:
+    workdir_lib.restore(saved, str(damaged), run.task)
+  assert str(info.value).startswith(f"--workdir={damaged}: checkpoint 60 does not restore (")
+  assert str(info.value).endswith("); training this workdir again moves it aside and resumes from the one before")
   for missing, message in [
     ("checkpoints", f"--workdir={tmp_path}/a has no checkpoint: train first"),
     ("config.json", f"--workdir={tmp_path}/b has no config.json: not a training run directory"),
