@@ -211,6 +211,41 @@ def test_a_step_over_two_devices_is_the_step_on_one():
     np.testing.assert_allclose(two_metrics[key][0], one_metrics[key], rtol=1e-5)
 
 
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "conditional"])
+def test_the_eval_step_is_the_discriminator_on_the_real_rows_and_as_many_fakes(conditional):
+  """Sums over the real rows (mask 1) of the discriminator's loss on each real image and on a fake drawn from the
+  grid's latents (the same at every eval), in the model's range, and of its right calls (real > 0, fake < 0)."""
+  c = tiny_gan(conditional=conditional)
+  state = gan.create_state(c, jax.random.key(0), INFO, 10)
+  images = batch()
+  mask = jnp.ones(16).at[12:].set(0.0)
+  sums = jax.jit(gan.eval_step)(state, {**images, "mask": mask})
+  labels = images["label"] if conditional else None
+  fakes = gan.generate(state, gan.sample_latents(state, 16), labels)  # in [0, 1], as the data
+  d = lambda x: state.discriminator.apply({"params": state.params["discriminator"]}, x * 2 - 1, labels)  # tanh's range
+  real_logits, fake_logits = d(images["image"]), d(fakes)
+  losses = jax.nn.softplus(-real_logits) + jax.nn.softplus(fake_logits)
+  np.testing.assert_allclose(sums["d_loss"], jnp.sum(losses[:12]), rtol=1e-5)
+  assert float(sums["real_correct"]) == float(jnp.sum(real_logits[:12] > 0))
+  assert float(sums["fake_correct"]) == float(jnp.sum(fake_logits[:12] < 0))
+  assert float(sums["count"]) == 12
+  metrics = gan.eval_metrics(jax.device_get(sums))
+  assert metrics["num_examples"] == 12 and metrics["d_loss"] == pytest.approx(float(jnp.mean(losses[:12])), rel=1e-5)
+  assert metrics["d_real_accuracy"] == float(sums["real_correct"]) / 12
+
+  # A discriminator that cannot tell (every logit exactly 0) calls nothing right, at a loss of 2 log 2 an image.
+  blind = state.replace(
+    params={**state.params, "discriminator": jax.tree.map(jnp.zeros_like, state.params["discriminator"])}
+  )
+  metrics = gan.eval_metrics(jax.device_get(jax.jit(gan.eval_step)(blind, {**images, "mask": mask})))
+  assert metrics == pytest.approx(
+    {"d_loss": 2 * np.log(2), "d_real_accuracy": 0.0, "d_fake_accuracy": 0.0, "num_examples": 12}, rel=1e-6
+  )
+  one = {"d_loss": 0.5, "real_correct": 1.0, "fake_correct": 0.0, "count": 1.0}  # one real row: its own values
+  assert gan.eval_metrics(one) == {"d_loss": 0.5, "d_real_accuracy": 1.0, "d_fake_accuracy": 0.0, "num_examples": 1}
+  assert gan.eval_metrics({"d_loss": 0.0, "real_correct": 0.0, "fake_correct": 0.0, "count": 0.0})["d_loss"] == 0.0
+
+
 GAN_ARGS = [
   "--config.task=gan",
   "--config.batch_size=16",
