@@ -240,6 +240,11 @@ def test_the_classifier_eval_counts_only_the_real_rows(digits):
   logits = state.apply_fn({"params": state.params}, digits["image"])
   assert float(whole["correct"]) == float(jnp.sum(jnp.argmax(logits, axis=1) == digits["label"]))
   np.testing.assert_allclose(whole["loss"], 16 * _cross_entropy(logits, digits["label"]), rtol=1e-5)
+  assert classifier.eval_metrics({"loss": 3.0, "correct": 2.0, "count": 4.0}) == {
+    "accuracy": 0.5,
+    "loss": 0.75,
+    "num_examples": 4,
+  }
   # one real row is its own mean; none (a split smaller than the devices' padding) is 0, not a division by 0
   assert classifier.eval_metrics({"loss": 0.5, "correct": 1.0, "count": 1.0}) == {
     "accuracy": 1.0,
