@@ -241,6 +241,8 @@ def test_the_eval_step_is_the_discriminator_on_the_real_rows_and_as_many_fakes(c
   assert metrics == pytest.approx(
     {"d_loss": 2 * np.log(2), "d_real_accuracy": 0.0, "d_fake_accuracy": 0.0, "num_examples": 12}, rel=1e-6
   )
+  sums = {"d_loss": 3.0, "real_correct": 2.0, "fake_correct": 1.0, "count": 4.0}
+  assert gan.eval_metrics(sums) == {"d_loss": 0.75, "d_real_accuracy": 0.5, "d_fake_accuracy": 0.25, "num_examples": 4}
   one = {"d_loss": 0.5, "real_correct": 1.0, "fake_correct": 0.0, "count": 1.0}  # one real row: its own values
   assert gan.eval_metrics(one) == {"d_loss": 0.5, "d_real_accuracy": 1.0, "d_fake_accuracy": 0.0, "num_examples": 1}
   assert gan.eval_metrics({"d_loss": 0.0, "real_correct": 0.0, "fake_correct": 0.0, "count": 0.0})["d_loss"] == 0.0
