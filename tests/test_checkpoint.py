@@ -137,15 +137,30 @@ def test_removing_a_failed_save_waits_only_while_something_is_left(tmp_path, mon
 # ---------------------------------------------------------------- the module itself, without training
 
 
+@pytest.fixture
+def open_manager():
+  """`checkpoint.manager`, closed when the test ends: an open manager's threads outlive the test, and their event
+  loop, closed, warns in whichever test runs next."""
+  opened = []
+
+  def open_(directory, keep=3):
+    opened.append(checkpoint.manager(directory, keep))
+    return opened[-1]
+
+  yield open_
+  for mngr in opened:
+    mngr.close()
+
+
 def small_state(seed):
   return {"w": np.arange(6.0).reshape(2, 3) * seed, "step": np.int32(seed)}
 
 
-def test_save_and_restore_a_state_and_the_data_iterators_position(tmp_path):
+def test_save_and_restore_a_state_and_the_data_iterators_position(tmp_path, open_manager):
   from test_data import numbered_source
 
   directory = str(tmp_path / "checkpoints")  # created by the manager
-  mngr = checkpoint.manager(directory)
+  mngr = open_manager(directory)
   loader = data.train_loader(numbered_source(40), global_batch_size=4, seed=0)
   iterator = iter(loader)
   [next(iterator) for _ in range(3)]
@@ -155,26 +170,27 @@ def test_save_and_restore_a_state_and_the_data_iterators_position(tmp_path):
   assert checkpoint.steps(directory) == [3, 4] and checkpoint.latest_step(directory) == 4
 
   fresh = iter(data.train_loader(numbered_source(40), global_batch_size=4, seed=0))
-  restored = checkpoint.restore(checkpoint.manager(directory), 3, small_state(0), fresh)
+  restored = checkpoint.restore(open_manager(directory), 3, small_state(0), fresh)
   np.testing.assert_array_equal(restored["w"], small_state(3)["w"])
   assert int(restored["step"]) == 3
   np.testing.assert_array_equal(next(fresh)["label"], expected)  # the iterator resumes where the save was
-  state, step = checkpoint.restore_latest(checkpoint.manager(directory), small_state(0), damaged=str(tmp_path / "d"))
+  state, step = checkpoint.restore_latest(open_manager(directory), small_state(0), damaged=str(tmp_path / "d"))
   assert step == 4 and int(state["step"]) == 4
 
 
-def test_the_manager_keeps_the_last_3_steps(tmp_path):  # what killed saves leave: test_leftovers_of_a_killed_save_*
+# what killed saves leave: test_leftovers_of_a_killed_save_* and test_the_next_manager_removes_*
+def test_the_manager_keeps_the_last_3_steps(tmp_path, open_manager):
   directory = str(tmp_path)
-  mngr = checkpoint.manager(directory)
+  mngr = open_manager(directory)
   for step in range(1, 6):
     checkpoint.save(mngr, step, small_state(step), None)
   assert checkpoint.steps(directory) == [3, 4, 5]
   assert checkpoint.steps(str(tmp_path / "nothing")) == [] and checkpoint.latest_step(str(tmp_path / "nothing")) is None
 
 
-def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_nothing(tmp_path):
+def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_nothing(tmp_path, open_manager):
   directory = str(tmp_path)
-  mngr = checkpoint.manager(directory)
+  mngr = open_manager(directory)
   checkpoint.save(mngr, 5, small_state(5), None)
   reason = "No space left on device: " + "x" * 300 + "\nwhile writing w"
 
@@ -191,7 +207,7 @@ def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_n
   with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(message)}$"):
     checkpoint.save(mngr, 6, small_state(6), None)
   assert sorted(os.listdir(directory)) == ["5"]
-  fresh = checkpoint.manager(str(tmp_path / "empty"))
+  fresh = open_manager(str(tmp_path / "empty"))
   fresh.save = failing_save
   with pytest.raises(checkpoint.CheckpointError, match=r"; no earlier checkpoint exists$"):
     checkpoint.save(fresh, 1, small_state(1), None)
@@ -201,28 +217,28 @@ def test_a_failed_save_raises_one_line_naming_the_intact_checkpoint_and_leaves_n
   assert checkpoint.one_line(OSError(whole + "y")) == f"OSError: {'x' * 120} ... {'x' * 109}y"
 
 
-def test_the_next_manager_removes_what_a_killed_save_left(tmp_path):
+def test_the_next_manager_removes_what_a_killed_save_left(tmp_path, open_manager):
   """The fast tier's view of a killed save: its temporary directory is not a step, and the next manager of the
   directory removes it by its first save (the slow test kills a real run)."""
   directory = str(tmp_path)
-  checkpoint.save(checkpoint.manager(directory), 5, small_state(5), None)
+  checkpoint.save(open_manager(directory), 5, small_state(5), None)
   leftover = tmp_path / "6.orbax-checkpoint-tmp-1234567" / "state"
   leftover.mkdir(parents=True)
   assert checkpoint.steps(directory) == [5]
-  checkpoint.save(checkpoint.manager(directory), 7, small_state(7), None)
+  checkpoint.save(open_manager(directory), 7, small_state(7), None)
   assert sorted(os.listdir(directory)) == ["5", "7"]
 
 
-def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_path):
+def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_path, open_manager):
   """The fallback without a training run: each damaged step is said in one line and moved aside whole, the newest
   one that restores is returned, and when none does the error names them all."""
   directory, damaged = str(tmp_path / "checkpoints"), str(tmp_path / "damaged")
-  mngr = checkpoint.manager(directory)
+  mngr = open_manager(directory)
   for step in (1, 2, 3):
     checkpoint.save(mngr, step, small_state(step), None)
-  assert checkpoint.restore_latest(checkpoint.manager(str(tmp_path / "none")), small_state(0), damaged=damaged) is None
+  assert checkpoint.restore_latest(open_manager(str(tmp_path / "none")), small_state(0), damaged=damaged) is None
   truncate_largest_file(os.path.join(directory, "3"))
-  said, mngr = [], checkpoint.manager(directory)
+  said, mngr = [], open_manager(directory)
   state, step = checkpoint.restore_latest(mngr, small_state(0), damaged=damaged, log=said.append)
   assert step == 2 and int(state["step"]) == 2
   np.testing.assert_array_equal(state["w"], small_state(2)["w"])
@@ -241,7 +257,7 @@ def test_restore_latest_sets_a_damaged_step_aside_and_takes_the_one_before(tmp_p
     f"no checkpoint in {directory} could be restored (steps [2, 1], now in {damaged}): run again to start from step 0"
   )
   with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(message)}$"):
-    checkpoint.restore_latest(checkpoint.manager(directory), small_state(0), damaged=damaged, log=said.append)
+    checkpoint.restore_latest(open_manager(directory), small_state(0), damaged=damaged, log=said.append)
   assert [line.split(" (")[0] for line in said] == ["checkpoint 2 is damaged", "checkpoint 1 is damaged"]
   assert said[0].endswith("; trying step 1") and said[1].endswith("; no earlier checkpoint")
   assert checkpoint.steps(directory) == [] and sorted(os.listdir(damaged)) == ["1", "2", "3"]
