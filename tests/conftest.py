@@ -107,6 +107,19 @@ def tfds():
     pytest.skip(str(e))
 
 
+def on_two_devices(step, state, batch):
+  """``step(state, batch, axis_name=...)`` on two devices, with `jax.vmap` and the step's axis name standing in for
+  them (in process, so in the fast tier): device d holds the d-th half of ``batch``, and each output has a leading
+  device axis."""
+  import functools
+
+  import jax
+
+  halves = jax.tree.map(lambda x: x.reshape(2, x.shape[0] // 2, *x.shape[1:]), batch)
+  vmapped = jax.vmap(functools.partial(step, axis_name="devices"), in_axes=(None, 0), axis_name="devices")
+  return jax.jit(vmapped)(state, halves)
+
+
 @pytest.fixture
 def cli():
   """`run_module`: ``cli("deconv_jax.train", "--workdir", d, devices=8)``."""

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import on_two_devices
 
 from deconv_jax import config as config_lib
 from deconv_jax import data
@@ -201,10 +202,7 @@ def test_a_step_over_two_devices_is_the_step_on_one():
   rng, images = jax.random.key(1), batch()
   step = functools.partial(gan.train_step, rng=rng, config=c)
   one, one_metrics = jax.jit(step)(state, images)
-  halves = jax.tree.map(lambda x: x.reshape(2, 8, *x.shape[1:]), images)
-  two, two_metrics = jax.jit(jax.vmap(functools.partial(step, axis_name="d"), in_axes=(None, 0), axis_name="d"))(
-    state, halves
-  )
+  two, two_metrics = on_two_devices(step, state, images)
   for got, want in zip(jax.tree.leaves((two.params, two.batch_stats)), jax.tree.leaves((one.params, one.batch_stats))):
     np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-6)
   for key in ("d_loss", "g_loss"):

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import on_two_devices
 
 from deconv_jax import attribution, augment, data, tasks, train
 from deconv_jax import config as config_lib
@@ -214,9 +215,7 @@ def test_the_classifier_step_over_devices_augments_each_image_by_its_global_inde
   state = classifier.create_state(c, jax.random.key(0), INFO, 10)
   rng = jax.random.key(3)
   one, one_metrics = _step(classifier, c, state, digits, rng)
-  halves = jax.tree.map(lambda x: x.reshape(2, 8, *x.shape[1:]), digits)
-  step = functools.partial(classifier.train_step, rng=rng, config=c, axis_name="devices")
-  two, two_metrics = jax.jit(jax.vmap(step, in_axes=(None, 0), axis_name="devices"))(state, halves)
+  two, two_metrics = on_two_devices(functools.partial(classifier.train_step, rng=rng, config=c), state, digits)
   for got, want in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[0], got[1])  # the gradient is the mean over both devices on each
