@@ -113,7 +113,7 @@ class RunDir:
       return None
     try:
       return config_lib.load_json(self.config)
-    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
       raise config_lib.ConfigError(
         f"--workdir={self.path}: config.json is damaged ({e}): restore it from a copy, or use a new --workdir"
       ) from None
