@@ -29,19 +29,21 @@ def info():
   return data.get_info(config_lib.base().dataset, "train")
 
 
+def digits(n):
+  """``n`` embedded training digits: ``image`` [n, 28, 28, 1] in [0, 1], ``label``, ``mask`` (all 1)."""
+  source = data.get_source(config_lib.base().dataset, "train")
+  return next(data.eval_batches(source, global_batch_size=n))
+
+
 @pytest.fixture(scope="module")
 def batch():
-  """16 embedded training digits: ``image`` [16, 28, 28, 1] in [0, 1], ``label``, ``mask`` (all 1)."""
-  source = data.get_source(config_lib.base().dataset, "train")
-  return next(data.eval_batches(source, global_batch_size=16))
+  return digits(16)
 
 
 @pytest.fixture(scope="module")
 def batch40():
-  """40 embedded training digits: more than `xla_cpu.CPU_CHUNK`, where a batch whose examples were not coupled
-  would be taken in chunks."""
-  source = data.get_source(config_lib.base().dataset, "train")
-  return next(data.eval_batches(source, global_batch_size=40))
+  """More than `xla_cpu.CPU_CHUNK`, where a batch whose examples were not coupled would be taken in chunks."""
+  return digits(40)
 
 
 @pytest.fixture
