@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 
 FLOORS = [
+  ["storage"],  # where every file of a run is read and written: a local disk or a gs:// bucket
   # The math, and what imports nothing of ours. xla_cpu is how steps run fast on CPU, never what they compute;
   # jaxpr_rules is the one module that reads JAX's internals.
   [
