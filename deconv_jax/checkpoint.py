@@ -24,6 +24,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from deconv_jax import storage
+from deconv_jax.storage import one_line
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be written or no checkpoint can be read: the message is one line."""
@@ -40,7 +43,7 @@ def manager(directory: str, keep: int = 3) -> ocp.CheckpointManager:
 
 def steps(directory: str) -> list[int]:
   """The steps of the complete (finalized) checkpoints in ``directory``, ascending, per orbax; creates nothing."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     return []
   return sorted(ocp.path.step.checkpoint_steps(directory))
 
@@ -48,14 +51,6 @@ def steps(directory: str) -> list[int]:
 def latest_step(directory: str) -> int | None:
   """The latest complete checkpoint's step in ``directory``, or None; creates nothing."""
   return max(steps(directory), default=None)
-
-
-def one_line(e: BaseException) -> str:
-  """An exception as one line, its type first: for the one-line errors of failed saves and restores."""
-  text = " ".join(str(e).split())
-  if len(text) > 240:  # keep the start (what) and the end (why: "File too large", "No space left")
-    text = f"{text[:120]} ... {text[-110:]}"
-  return f"{type(e).__name__}: {text}"
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any | None) -> None:
@@ -83,7 +78,14 @@ def remove_failed_save(directory: str, step: int, patience_s: float = 10.0) -> N
 
   Orbax raises at the first failed write; its other writes may still be landing. Under load, one
   `rmtree` once left the directory behind, so this removes until it stays gone, for up to ``patience_s``.
+  On ``gs://`` orbax writes the step's own directory and marks it complete last (``commit_success.txt``):
+  a step without the mark is what a failed save left.
   """
+  if storage.is_gcs(directory):
+    step_dir = storage.join(directory, str(step))
+    if not storage.exists(storage.join(step_dir, "commit_success.txt")):
+      storage.rmtree(step_dir)
+    return
   pattern = os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")
   deadline = time.monotonic() + patience_s
   while True:
@@ -122,11 +124,9 @@ def restore_latest(
       restored = restore(mngr, step, state_template, data_iterator)
     except Exception as e:
       # Moved aside, not deleted: the run will write this step again, and a person may want to look.
-      aside = os.path.join(damaged, str(step))
+      aside = storage.join(damaged, str(step))
       if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(os.path.join(str(mngr.directory), str(step)), aside)
+        storage.move(storage.join(str(mngr.directory), str(step)), aside)
       nxt = f"trying step {available[i + 1]}" if i + 1 < len(available) else "no earlier checkpoint"
       log(f"checkpoint {step} is damaged ({one_line(e)}): moved to {aside}; {nxt}")
       mngr.reload()

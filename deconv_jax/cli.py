@@ -16,12 +16,14 @@ from typing import Any, NoReturn
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from deconv_jax import storage
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.checkpoint import CheckpointError
 from deconv_jax.config import ConfigError
 from deconv_jax.data import DataError
+from deconv_jax.storage import StorageError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, StorageError)
 
 
 def die(message: str, *, at_once: bool = False) -> NoReturn:
@@ -140,8 +142,9 @@ def define_workdir_flags(argv: list[str]) -> None:
   """
   workdir = _workdir_from_argv(argv)
   try:
+    storage.check_reachable(workdir, "--workdir")
     saved = workdir_lib.saved_config(workdir)
-  except ConfigError as e:  # read before `run` catches user errors
+  except (ConfigError, StorageError) as e:  # read before `run` catches user errors
     die(str(e))
   if saved is None:
     die(f"--workdir={workdir} has no config.json: not a training run directory")

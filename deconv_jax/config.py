@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from deconv_jax import data, models, optimizers, parallel
+from deconv_jax import data, models, optimizers, parallel, storage
 
 # Keys that may differ between a run and its resume without invalidating the
 # checkpoint (they change how long or how loudly it runs, not what it trains).
@@ -286,11 +286,9 @@ def _tuples(x: Any) -> Any:
 
 
 def save_json(cfg: ml_collections.ConfigDict, path: str) -> None:
-  """Writes ``cfg`` as JSON, atomically (a killed run never leaves half a config)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(cfg.to_json(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  """Writes ``cfg`` as JSON, whole (`storage.write_text`: a killed run never leaves half a config), locally or on
+  ``gs://``."""
+  storage.write_text(path, cfg.to_json(indent=2, sort_keys=True))
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
@@ -299,8 +297,7 @@ def load_json(path: str) -> ml_collections.ConfigDict:
   Keys added to `base` after the config was saved take their defaults, which keep
   the behaviour the run had; keys `base` does not know are kept, for `validate` to name.
   """
-  with open(path) as f:
-    saved = json.load(f)
+  saved = json.loads(storage.read_text(path))
   if not isinstance(saved, dict):
     raise ValueError(f"a config is a JSON object, not {type(saved).__name__}")
   saved = _tuples(saved)

@@ -27,6 +27,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from deconv_jax import storage
+
 DPI = 100  # a saved PNG's pixels per inch: 9-point text, the smallest drawn, is 12.5 pixels tall
 SMALL = 9  # points: footnotes and tick labels
 RED = "red"  # frames: receptive fields, alias frequencies, crops
@@ -59,8 +61,10 @@ def image_grid(images_NHWC: np.ndarray, cols: int = 8, gap: int = 2) -> np.ndarr
 
 def save_image(image_HW3: np.ndarray, path: str, zoom: int = 2) -> None:
   """A uint8 RGB image (an `image_grid`) written as a PNG as it is, each pixel ``zoom`` x ``zoom``: a picture
-  with nothing around it, every pixel exactly where it is."""
-  matplotlib.image.imsave(path, np.repeat(np.repeat(image_HW3, zoom, axis=0), zoom, axis=1))
+  with nothing around it, every pixel exactly where it is. ``path``: local or ``gs://``, written whole."""
+  png = io.BytesIO()
+  matplotlib.image.imsave(png, np.repeat(np.repeat(image_HW3, zoom, axis=0), zoom, axis=1), format="png")
+  storage.write_bytes(path, png.getvalue())
 
 
 def panels(
@@ -118,8 +122,12 @@ def frame(ax: Axes, top: float, left: float, height: float, width: float, margin
 
 def save(fig: Figure, path: str | io.BytesIO) -> None:
   """``fig`` as a PNG at `DPI` pixels per inch, rendered with Agg whatever backend is in use, cropped to what is
-  drawn (as a notebook shows it), so that a title longer than its panels are wide is not cut off.
+  drawn (as a notebook shows it), so that a title longer than its panels are wide is not cut off. ``path``: a
+  buffer, or a file, local or ``gs://``, written whole (`storage.write_bytes`).
 
   Nothing to close: the figure was never registered with pyplot, so it is freed once its caller drops it.
   """
-  fig.savefig(path, dpi=DPI, backend="agg", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+  png = path if isinstance(path, io.BytesIO) else io.BytesIO()
+  fig.savefig(png, format="png", dpi=DPI, backend="agg", facecolor="white", bbox_inches="tight", pad_inches=0.1)
+  if png is not path:
+    storage.write_bytes(path, png.getvalue())

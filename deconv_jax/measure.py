@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deconv_jax import attribution, data, quality
+from deconv_jax import attribution, data, quality, storage
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.tasks import classifier
@@ -26,6 +26,8 @@ class Featurizer:
   """A trained classifier run's penultimate features ``[N, F]`` and logits ``[N, K]``, batched and jitted."""
 
   def __init__(self, workdir: str, key: str = "measure.classifier_workdir"):
+    if workdir:
+      storage.check_reachable(workdir, f"config.{key}")  # a malformed URL or a missing bucket named by its key
     config = workdir_lib.saved_config(workdir) if workdir else None
     if config is None:
       raise config_lib.ConfigError(f"config.{key}={workdir!r} is not a training run (no config.json)")

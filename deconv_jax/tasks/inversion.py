@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import jax
@@ -27,7 +26,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from deconv_jax import attribution, models, optimizers, parallel, xla_cpu
+from deconv_jax import attribution, models, optimizers, parallel, storage, xla_cpu
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.config import ConfigError
 from deconv_jax.tasks import autoencoder, classifier, gan
@@ -79,6 +78,7 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
   ConfigError (one line, naming ``config.inversion.classifier_workdir``) if ``workdir`` has no
   config.json or no checkpoint, is not a classifier run, or was trained on images of another shape.
   """
+  storage.check_reachable(workdir, WORKDIR_KEY)  # a malformed URL or a missing bucket named by its key
   saved = workdir_lib.saved_config(workdir)
   if saved is None:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no config.json: give the workdir of a trained classifier run")
@@ -87,7 +87,7 @@ def load_classifier(workdir: str, image_shape: tuple[int, int, int]) -> tuple[mo
   step = workdir_lib.RunDir(workdir).latest_step()
   if step is None:
     raise ConfigError(f"{WORKDIR_KEY}={workdir!r} has no checkpoint: train the classifier first")
-  model, params, trained_shape = _restore_classifier(os.path.abspath(workdir), step)
+  model, params, trained_shape = _restore_classifier(storage.absolute(workdir), step)
   if trained_shape != tuple(image_shape):
     raise ConfigError(
       f"{WORKDIR_KEY}={workdir!r} holds a classifier of images {trained_shape}, config.dataset has {tuple(image_shape)}"

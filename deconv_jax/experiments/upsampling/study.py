@@ -41,7 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 # A driver, like a notebook: it runs `train` in-process, one run after another.
-from deconv_jax import cli, data, figures, measure, metric_writers, quality, tasks, train
+from deconv_jax import cli, data, figures, measure, metric_writers, quality, storage, tasks, train
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.experiments.upsampling import checkerboard_check, report, stats
@@ -65,7 +65,7 @@ def seeds_of(config: ml_collections.ConfigDict, num_seeds: Any) -> list[int]:
 
 def run_dir(workdir: str, name: str, seed: int) -> str:
   """The run of variant ``name`` with ``seed``: ``workdir/<name>/seed_<seed>``."""
-  return os.path.join(workdir, name, f"seed_{seed}")
+  return storage.join(workdir, name, f"seed_{seed}")
 
 
 def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], num_seeds: int = 1) -> str:
@@ -80,7 +80,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
   task = tasks.get("gan")
   info = data.get_info(config.dataset, config.dataset.train_split)
   n = config.measure.num_samples
-  os.makedirs(workdir, exist_ok=True)
+  storage.check_reachable(workdir, "--workdir")
+  storage.makedirs(workdir)
   keys = list(report.METRICS)
   summaries = lambda found, names: {k: stats.summarize([f[k] for f in found]) for k in names}
 
@@ -146,17 +147,15 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, variants: list[str], 
   }
 
   table = report.results_markdown(results)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  figures.save(study_figures.samples_figure(shown, seeds[0]), os.path.join(workdir, "samples.png"))
+  storage.write_text(storage.join(workdir, "results.md"), table + "\n")
+  storage.write_text(storage.join(workdir, "results.json"), json.dumps(results, indent=2))
+  figures.save(study_figures.samples_figure(shown, seeds[0]), storage.join(workdir, "samples.png"))
   scores = {"real set": f"{len(real)} images"}
   for v in variants:
     score = results["variants"][v]["checkerboard_score"]
     scores[v] = f"checkerboard {stats.mean_std(score, 0 if score['mean'] >= 100 else 2)}"
   counts = f"{n} images per run" + (f", averaged over {len(seeds)} seeds" if len(seeds) > 1 else "")
-  figures.save(study_figures.spectrum_figure(spectra, crops, scores, counts), os.path.join(workdir, "spectrum.png"))
+  figures.save(study_figures.spectrum_figure(spectra, crops, scores, counts), storage.join(workdir, "spectrum.png"))
   return table
 
 
@@ -177,7 +176,7 @@ def _real_set_name(config: ml_collections.ConfigDict) -> str:
 def _train_seconds(path: str, fallback: float) -> float:
   """Seconds of training recorded in the run's metrics (steps / steps_per_sec summed), else wall time."""
   metrics = workdir_lib.RunDir(path).metrics
-  if not os.path.exists(metrics):
+  if not storage.exists(metrics):
     return fallback
   seconds, last_step = 0.0, 0
   for record in metric_writers.read_records(metrics)[0]:  # a torn last line (a killed run) is not a record
