@@ -14,6 +14,7 @@ What a run can count on:
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import time
@@ -22,7 +23,9 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from deconv_jax import storage
 from deconv_jax.storage import one_line
@@ -116,25 +119,57 @@ def restore_latest(
 
   A checkpoint that fails to restore (a truncated or missing file) is reported through ``log``
   in one line, moved to ``damaged/<step>`` and the one before it is tried; `CheckpointError` if none
-  restores.
+  restores. With several processes, a checkpoint that fails on any of them is damaged for all (each reads
+  its own data iterator's file), and none looks at the next one before process 0 has moved this one aside.
   """
   available = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(available):
+    error = None
     try:
+      _check_iterator_files(storage.join(str(mngr.directory), str(step)))
       restored = restore(mngr, step, state_template, data_iterator)
     except Exception as e:
-      # Moved aside, not deleted: the run will write this step again, and a person may want to look.
-      aside = storage.join(damaged, str(step))
-      if jax.process_index() == 0:
-        storage.move(storage.join(str(mngr.directory), str(step)), aside)
-      nxt = f"trying step {available[i + 1]}" if i + 1 < len(available) else "no earlier checkpoint"
-      log(f"checkpoint {step} is damaged ({one_line(e)}): moved to {aside}; {nxt}")
-      mngr.reload()
-      continue
-    return restored, step
+      error = one_line(e)
+    failed = _processes_that_failed(error is not None)
+    if not failed:
+      return restored, step
+    # Moved aside, not deleted: the run will write this step again, and a person may want to look.
+    aside = storage.join(damaged, str(step))
+    if jax.process_index() == 0:
+      storage.move(storage.join(str(mngr.directory), str(step)), aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+    nxt = f"trying step {available[i + 1]}" if i + 1 < len(available) else "no earlier checkpoint"
+    why = error or f"it does not restore on process {', '.join(map(str, failed))}"
+    log(f"checkpoint {step} is damaged ({why}): moved to {aside}; {nxt}")
+    mngr.reload()
   if available:
     raise CheckpointError(
       f"no checkpoint in {mngr.directory} could be restored (steps {available}, now in {damaged}): "
       "run again to start from step 0"
     )
   return None
+
+
+def _check_iterator_files(step_dir: str) -> None:
+  """Raises if any process's data-iterator file in ``step_dir`` is not JSON; each process reads every one.
+
+  Each process restores only its own file, so one damaged file would fail that process alone, inside orbax's
+  restore, while the others go on into the restore's collectives and wait there for it. Checked here first,
+  by every process alike (the files are small), such damage fails every process at the same point.
+  """
+  data_dir = storage.join(step_dir, "data")
+  for name in storage.listdir(data_dir):
+    if name.startswith("process_") and name.endswith(".json"):
+      try:
+        json.loads(storage.read_text(storage.join(data_dir, name)))
+      except ValueError as e:
+        raise ValueError(f"data/{name}: {e}") from None
+
+
+def _processes_that_failed(failed_here: bool) -> list[int]:
+  """The processes on which a restore failed, the same list on every process."""
+  if jax.process_count() == 1:
+    return [0] if failed_here else []
+  failed = np.ravel(multihost_utils.process_allgather(np.int32(failed_here)))
+  return [i for i, f in enumerate(failed) if f]

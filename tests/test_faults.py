@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, free_port
 from test_train import SMALL, final_params, read_metrics, small_config
 
-from deconv_jax import checkpoint, train
+from deconv_jax import checkpoint, storage, train
 from deconv_jax import config as config_lib
 from deconv_jax.workdir import RunDir
 
@@ -202,8 +202,8 @@ def test_non_finite_metrics_stop_the_run_and_keep_the_last_good_checkpoint(
   assert RunDir(workdir).latest_step() == kept
 
 
-def start_two(workdir, port, *args):
-  env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def start_two(workdir, port, *args, env=None):
+  env = dict(env or ENV, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   cmd = [sys.executable, "-m", "deconv_jax.train", *LONG, "--config.batch_size=64", *args, f"--workdir={workdir}"]
   return [
     subprocess.Popen(
@@ -218,33 +218,57 @@ def start_two(workdir, port, *args):
   ]
 
 
-@pytest.mark.slow
-def test_two_processes_train_together_agree_on_the_preempted_step_and_resume_bitwise_equal(tmp_path):
-  """Two JAX processes of two CPU devices each on 127.0.0.1: one mesh of 4 devices, one checkpoint. SIGTERM to one
-  (a scheduler signals each host): both save the same step, exit 0, and resume."""
-  straight, workdir = str(tmp_path / "straight"), str(tmp_path / "run")
-  procs = start_two(straight, free_port())
+@pytest.fixture(scope="module")
+def two_processes_uninterrupted(tmp_path_factory):
+  """The parameters of the LONG run over two processes of two devices each, never interrupted."""
+  workdir = str(tmp_path_factory.mktemp("two_processes"))
+  procs = start_two(workdir, free_port())
   outputs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
   assert "on 4 device(s)" in outputs[0][0] and "done:" in outputs[0][0]
   assert "step" not in outputs[1][0] and "done:" not in outputs[1][0]  # only process 0 reports
-  data_dir = os.path.join(straight, "checkpoints", "300", "data")
+  data_dir = os.path.join(workdir, "checkpoints", "300", "data")
   assert sorted(os.listdir(data_dir)) == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
-  procs = start_two(workdir, free_port())
+  return final_params(workdir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_two_processes_agree_on_the_preempted_step_fall_back_together_and_resume_bitwise_equal(
+  where, tmp_path, request, two_processes_uninterrupted
+):
+  """Two JAX processes of two CPU devices each on 127.0.0.1: one mesh of 4 devices, one checkpoint, on a local disk
+  or a bucket. SIGTERM to one (a scheduler signals each host): both save the same step and exit 0. That step is
+  then damaged where only process 1 reads it (its data iterator's file): both set it aside, process 0 moves it
+  while process 1 waits, both resume from the step before, and the end is the uninterrupted end."""
+  env = None
+  if where == "gs":
+    gcs = request.getfixturevalue("gcs")
+    workdir, env = f"{gcs.bucket(f'two-{os.getpid()}')}/run", gcs.env
+  else:
+    workdir = str(tmp_path / "run")
+  run = RunDir(workdir)
+  procs = start_two(workdir, free_port(), env=env)
   try:
-    wait_for(lambda: RunDir(workdir).latest_step() is not None, procs[0])
+    wait_for(lambda: run.latest_step() is not None, procs[0])
     procs[1].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=120) for p in procs]
   finally:
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], outputs
-  stopped = RunDir(workdir).latest_step()
+  stopped = run.latest_step()
   assert f"preempted at step {stopped}: its checkpoint is saved" in outputs[0][0] and stopped < 300
-  procs = start_two(workdir, free_port())
+  before = checkpoint.steps(run.checkpoints)[-2]
+  storage.write_text(storage.join(run.checkpoints, str(stopped), "data", "process_1-of-2.json"), '{"next_ind')
+  procs = start_two(workdir, free_port(), env=env)
   outputs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
-  assert f"resumed from {workdir} at step {stopped}" in outputs[0][0]
-  (s1, p1), (s2, p2) = final_params(straight), final_params(workdir)
+  aside = storage.join(run.damaged_checkpoints, str(stopped))
+  damaged = f"checkpoint {stopped} is damaged (ValueError: data/process_1-of-2.json: Unterminated string starting "
+  assert f"{damaged}at: line 1 column 2 (char 1)): moved to {aside}; trying step {before}" in outputs[0][0]
+  assert f"resumed from {workdir} at step {before}" in outputs[0][0]
+  assert storage.exists(storage.join(aside, "data", "process_1-of-2.json"))
+  (s1, p1), (s2, p2) = two_processes_uninterrupted, final_params(workdir)
   assert s1 == s2 == 300
   assert_bitwise_equal(p1, p2)
