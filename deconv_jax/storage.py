@@ -94,8 +94,8 @@ def check(path: str, what: str) -> None:
       _gcs_client_module()
     except StorageError as e:
       raise StorageError(f"{what}={path}: {e}") from None
-  elif re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", path) and not re.match(r"[A-Za-z]:[\\/]", path):
-    scheme = path.split(":", 1)[0]
+  elif m := re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", path):
+    scheme = m.group(1)
     raise StorageError(
       f"{what}={path}: {scheme!r} is not a place this code writes to: give a local path, or gs://BUCKET/PATH"
     )

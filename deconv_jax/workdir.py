@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -155,7 +156,7 @@ class Lock:
   second run gets.
   """
 
-  def __init__(self, path: str, log=print):
+  def __init__(self, path: str, log: Callable[[str], None] = print):
     lock = RunDir(path).lock
 
     def refused(holder: str) -> config_lib.ConfigError:
@@ -170,7 +171,10 @@ class Lock:
         lease_s = float(lease_s or DEFAULT_LEASE_S)
       except ValueError:
         raise config_lib.ConfigError(f"${LEASE_S_VARIABLE}={lease_s!r}: give the lease in seconds") from None
-      self._lease = storage.Lease(lock, storage.holder(), lease_s, refused, log)
+      try:
+        self._lease = storage.Lease(lock, storage.holder(), lease_s, refused, log)
+      except storage.StorageError as e:
+        raise storage.StorageError(f"--workdir={path}: {e}") from None
       return
     self._file = open(lock, "a+")  # noqa: SIM115 - held open until release()
     try:
@@ -231,7 +235,7 @@ def _lock_for_every_process(path: str) -> contextlib.AbstractContextManager[Any]
   if jax.process_index() == 0:
     try:
       lock = Lock(path)
-    except config_lib.ConfigError as e:
+    except (config_lib.ConfigError, storage.StorageError) as e:  # held by another run, or not writable
       refusal = str(e)
   if jax.process_count() > 1:
     refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))

@@ -76,7 +76,7 @@ def test_a_classifier_run_named_by_a_config_key_is_checked_under_that_key():
 
 
 def test_local_paths_pass_the_check(tmp_path):
-  for path in (str(tmp_path), "workdirs/run", "./a:b", "C:/runs/a"):
+  for path in (str(tmp_path), "workdirs/run", "exp:lr=0.1", "C:/runs/a"):
     storage.check(path, "--workdir")
 
 
@@ -214,6 +214,22 @@ def test_the_lock_is_one_runs_until_released(bucket, monkeypatch):
   held.release()
   assert not storage.exists(RunDir(path).lock)
   workdir.Lock(path).release()
+
+
+def test_a_bucket_these_credentials_may_not_write_is_one_line(bucket, monkeypatch):
+  from google.api_core import exceptions
+  from google.cloud.storage import Blob
+
+  def forbidden(*args, **kwargs):
+    raise exceptions.Forbidden("caller does not have storage.objects.create access")
+
+  monkeypatch.setattr(Blob, "upload_from_string", forbidden)
+  with pytest.raises(storage.StorageError) as e:
+    workdir.Lock(f"{bucket}/run")
+  assert str(e.value) == (
+    f"--workdir={bucket}/run: {bucket}/run/.lock cannot be written (Forbidden: 403 caller does not have "
+    "storage.objects.create access)"
+  )
 
 
 def test_a_lock_that_is_not_renewed_lapses_and_is_taken_over(bucket):
