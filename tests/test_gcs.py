@@ -155,7 +155,7 @@ def test_metrics_are_rewritten_whole_and_a_torn_tail_is_dropped_in_one_line(buck
   writer.write(10, "train", {"loss": 1.5})
   writer.write(20, "train", {"loss": 1.25})
   assert metric_writers.read_records(run.metrics) == (
-    [{"step": 10, "split": "train", "loss": 1.5}] * 1 + [{"step": 20, "split": "train", "loss": 1.25}],
+    [{"step": 10, "split": "train", "loss": 1.5}, {"step": 20, "split": "train", "loss": 1.25}],
     0,
   )
   path = writer.write_images(20, "samples", np.full((2, 4, 4, 1), 0.5, np.float32))
