@@ -179,6 +179,16 @@ def listdir(path: str) -> list[str]:
   return sorted(c.name for c in p.iterdir()) if p.is_dir() else []
 
 
+def files_under(path: str) -> list[str]:
+  """Every file under directory ``path``, as a path relative to it, sorted; empty if there is none."""
+  root = path.removeprefix("gs://").rstrip("/")
+  found = []
+  for directory, _, files in epath.Path(path).walk():
+    directory = os.fspath(directory).removeprefix("gs://")  # fsspec's walk drops the scheme, GFile's keeps it
+    found += [posixpath.join(directory, f)[len(root) + 1 :] for f in files]
+  return sorted(found)
+
+
 def read_text(path: str) -> str:
   return epath.Path(path).read_text()
 
@@ -220,12 +230,8 @@ def move(src: str, dst: str) -> None:
   its removal: a kill in between leaves both, never neither)."""
   rmtree(dst)
   if is_gcs(src):
-    for directory, _, files in epath.Path(src).walk():
-      directory = os.fspath(directory)
-      directory = directory if is_gcs(directory) else f"gs://{directory}"  # fsspec's walk drops the scheme
-      for name in files:
-        f = join(directory, name)
-        epath.Path(f).copy(epath.Path(join(dst, f[len(src) + 1 :])))
+    for name in files_under(src):
+      epath.Path(join(src, name)).copy(epath.Path(join(dst, name)))
     epath.Path(src).rmtree()
   else:
     makedirs(os.path.dirname(dst))

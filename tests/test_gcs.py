@@ -26,17 +26,6 @@ def bucket(gcs):
   return gcs.bucket(f"b-{uuid.uuid4().hex[:12]}")
 
 
-def files_under(url):
-  """Every object under ``url``, relative to it."""
-  from etils import epath
-
-  found = []
-  for directory, _, files in epath.Path(url).walk():
-    directory = os.fspath(directory).removeprefix("gs://")
-    found += [f"{directory}/{f}".removeprefix(url.removeprefix("gs://") + "/") for f in files]
-  return sorted(found)
-
-
 def command(module, *args, env, cwd=REPO, timeout=300):
   return subprocess.run(
     [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
@@ -130,7 +119,7 @@ def test_the_commands_say_each_storage_fault_in_one_line_and_write_no_local_gs_d
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: --workdir={url}: ") and says in lines[0], lines[0]
-  assert os.listdir(cwd) == [] and files_under(bucket) == []
+  assert os.listdir(cwd) == [] and storage.files_under(bucket) == []
 
 
 # ---------------------------------------------------------------- files
@@ -141,7 +130,7 @@ def test_config_json_round_trips_and_a_damaged_one_is_one_line(bucket):
   c = config_lib.base()
   c.num_train_steps = 7
   config_lib.save_json(c, run.config)
-  assert run.saved_config().num_train_steps == 7 and files_under(run.path) == ["config.json"]
+  assert run.saved_config().num_train_steps == 7 and storage.files_under(run.path) == ["config.json"]
   storage.write_text(run.config, '{"num_train_steps": 7, "batch')
   with pytest.raises(config_lib.ConfigError) as e:
     run.saved_config()
@@ -161,7 +150,7 @@ def test_metrics_are_rewritten_whole_and_a_torn_tail_is_dropped_in_one_line(buck
   path = writer.write_images(20, "samples", np.full((2, 4, 4, 1), 0.5, np.float32))
   writer.close()
   assert path == f"{run.samples}/samples_000020.png" and storage.read_bytes(path)[:4] == b"\x89PNG"
-  assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files_under(run.path))
+  assert any(f.startswith("tensorboard/events.out.tfevents.") for f in storage.files_under(run.path))
   # A run killed while the file was written whole cannot tear it on gs://; a torn tail (a file written by a
   # local run, then copied) is still dropped at the next start, with one line, and the rest kept.
   storage.write_text(run.metrics, storage.read_text(run.metrics) + '{"step": 30, "spl')
@@ -189,7 +178,7 @@ def test_move_moves_a_directory_tree(bucket):
   storage.write_text(f"{bucket}/a/x.txt", "x")
   storage.write_text(f"{bucket}/a/sub/y.txt", "y")
   storage.move(f"{bucket}/a", f"{bucket}/elsewhere/b")
-  assert files_under(bucket) == ["elsewhere/b/sub/y.txt", "elsewhere/b/x.txt"]
+  assert storage.files_under(bucket) == ["elsewhere/b/sub/y.txt", "elsewhere/b/x.txt"]
   assert storage.read_text(f"{bucket}/elsewhere/b/sub/y.txt") == "y"
 
 
@@ -322,7 +311,7 @@ def test_a_run_on_a_bucket_killed_inside_a_save_resumes_bitwise_equal_and_is_rea
   assert evaluated.returncode == 0 and json.loads(evaluated.stdout.strip().splitlines()[-1])["step"] == 300
   shown = command("deconv_jax.visualize", f"--workdir={run.path}", "--top_k=2", "--num_channels=2", env=env)
   assert shown.returncode == 0, shown.stderr
-  top = {f.split("/")[0] for f in files_under(run.path)}
+  top = {f.split("/")[0] for f in storage.files_under(run.path)}
   assert top == {
     *("config.json", "metrics.jsonl", "checkpoints", "tensorboard"),
     *("deconvnet_act1.png", "deconvnet_act2.png", "attribution_methods.png"),
