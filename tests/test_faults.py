@@ -62,19 +62,24 @@ def partial_saves(ckpt_dir):
   return [d for d in os.listdir(ckpt_dir) if "orbax-checkpoint-tmp" in d] if os.path.isdir(ckpt_dir) else []
 
 
-def kill_inside_a_save(proc, ckpt_dir, timeout=120):
-  """SIGKILLs ``proc`` while it writes a checkpoint: on seeing a partial save it stops the process (SIGSTOP), and
-  kills it if the save is still partial, else lets it go on (SIGCONT) to the next save."""
+def stop_inside_a_save(proc, saving, timeout=120):
+  """SIGSTOPs ``proc`` while it writes a checkpoint: when ``saving()`` says a save is in progress it stops the
+  process, and returns if the save is still in progress, else lets it go on (SIGCONT) to the next save."""
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
-    if partial_saves(ckpt_dir):
+    if saving():
       proc.send_signal(signal.SIGSTOP)
-      if partial_saves(ckpt_dir):
-        proc.kill()
+      if saving():
         return
       proc.send_signal(signal.SIGCONT)
     time.sleep(0.001)
   raise AssertionError("no save was caught in progress")
+
+
+def kill_inside_a_save(proc, ckpt_dir):
+  """SIGKILLs ``proc`` while it writes a checkpoint (a partial save in ``ckpt_dir``)."""
+  stop_inside_a_save(proc, lambda: partial_saves(ckpt_dir))
+  proc.kill()
 
 
 @pytest.mark.slow

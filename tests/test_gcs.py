@@ -3,7 +3,6 @@ bucket, the lock as a lease, the one-line errors, and never a local directory na
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 from conftest import REPO
-from test_faults import assert_bitwise_equal
+from test_faults import assert_bitwise_equal, stop_inside_a_save
 from test_train import SMALL, final_params
 
 from deconv_jax import config as config_lib
@@ -258,18 +257,6 @@ def saving(checkpoints):
   return bool(partial) and max(map(int, partial)) > (RunDir(checkpoints.rsplit("/", 1)[0]).latest_step() or -1)
 
 
-def stop_inside_a_save(proc, checkpoints, timeout=120):
-  """SIGSTOPs ``proc`` while it writes a checkpoint (as `test_faults.kill_inside_a_save`, on the bucket)."""
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
-    if saving(checkpoints):
-      proc.send_signal(signal.SIGSTOP)
-      if saving(checkpoints):
-        return
-      proc.send_signal(signal.SIGCONT)
-  raise AssertionError("no save was caught in progress")
-
-
 @pytest.mark.slow
 def test_a_run_on_a_bucket_killed_inside_a_save_resumes_bitwise_equal_and_is_read_back(gcs, bucket, tmp_path):
   """A run is stopped inside a save: a second run is refused, as the first holds the lock; the first is SIGKILLed
@@ -285,7 +272,7 @@ def test_a_run_on_a_bucket_killed_inside_a_save_resumes_bitwise_equal_and_is_rea
     deadline = time.time() + 120
     while run.latest_step() is None and proc.poll() is None and time.time() < deadline:
       time.sleep(0.05)
-    stop_inside_a_save(proc, run.checkpoints)
+    stop_inside_a_save(proc, lambda: saving(run.checkpoints))
     second = command("deconv_jax.train", *RUN, f"--workdir={run.path}", env=env)
   finally:
     proc.kill()
