@@ -1,9 +1,9 @@
 """Where a run's files live: a local directory or a ``gs://`` URL, one set of functions for both.
 
 Paths stay strings (what flags, configs and orbax take); every read and write of a run's files goes through
-`etils.epath`, the path library orbax uses (on ``gs://`` it uses gcsfs, or TensorFlow's GFile where TensorFlow is
-installed). A ``gs://`` workdir needs the ``[gcs]`` extra; its checkpoints are written by orbax through
-tensorstore's own GCS driver.
+`etils.epath`, the path library orbax and TFDS use, on ``gs://`` through gcsfs (`_one_gcs_backend`). A ``gs://``
+workdir or data_dir needs the ``[gcs]`` extra; checkpoints are written by orbax through tensorstore's own GCS
+driver, and TFDS's array_record files are read by array_record's own (google-cloud-cpp).
 
 What a kill at any moment leaves, per file kind:
 
@@ -15,8 +15,9 @@ A local path is never created from a URL: ``gs:/b``, ``gs:b`` or any other schem
 mistyped URL does not become a local directory named ``gs:``.
 
 Pointing the clients at an emulator: ``STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT`` alone. gcsfs and
-google-cloud-storage read it themselves; tensorstore reads ``TENSORSTORE_GCS_HTTP_URL``, set here from it, with
-the settings each client needs to reach an emulator without credentials (`_point_clients_at_emulator`).
+google-cloud-storage read it themselves; tensorstore reads ``TENSORSTORE_GCS_HTTP_URL`` and array_record
+``CLOUD_STORAGE_EMULATOR_ENDPOINT``, set here from it, with the settings each client needs to reach an emulator
+without credentials (`_point_clients_at_emulator`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import posixpath
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,21 +48,27 @@ class StorageError(ValueError):
 def _point_clients_at_emulator() -> None:
   """With ``STORAGE_EMULATOR_HOST`` set, what the other clients need to use that emulator, unless already set.
 
-  tensorstore's GCS driver has its own endpoint variable; the emulator needs no credentials, so tensorstore takes a
-  fixed token and gcsfs goes anonymous rather than searching for credentials; gcsfs's experimental bucket-type
-  lookup (gRPC, which emulators do not serve) is retried for a minute, so it is turned off. Read by gcsfs when
-  it is imported: this runs when this module is imported, before anything of the project reads a ``gs://`` URL.
+  tensorstore's GCS driver and google-cloud-cpp (array_record's reader of TFDS files) have their own endpoint
+  variables; the emulator needs no credentials, so tensorstore takes a fixed token and gcsfs goes anonymous rather
+  than searching for credentials (which asks the Compute Engine metadata server, off this machine); gcsfs's
+  experimental bucket-type lookup (gRPC, which emulators do not serve) is retried for a minute, so it is turned
+  off. fsspec reads its ``FSSPEC_*`` variables when it is imported; this runs when this module is imported, before
+  anything of the project reads a ``gs://`` URL, and, called again later, has fsspec read them again.
   """
   host = os.environ.get("STORAGE_EMULATOR_HOST", "")
   if host:
     for name, value in emulator_settings(host).items():
       os.environ.setdefault(name, value)
+    if "fsspec.config" in sys.modules:
+      fsspec_config = sys.modules["fsspec.config"]
+      fsspec_config.set_conf_env(fsspec_config.conf)
 
 
 def emulator_settings(host: str) -> dict[str, str]:
   """The variables `_point_clients_at_emulator` derives from ``STORAGE_EMULATOR_HOST=host``."""
   return {
     "TENSORSTORE_GCS_HTTP_URL": host if "://" in host else f"http://{host}",
+    "CLOUD_STORAGE_EMULATOR_ENDPOINT": host if "://" in host else f"http://{host}",
     "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
     "FSSPEC_GCS_TOKEN": "anon",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
@@ -68,6 +76,18 @@ def emulator_settings(host: str) -> dict[str, str]:
 
 
 _point_clients_at_emulator()
+
+
+def _one_gcs_backend() -> None:
+  """epath reads ``gs://`` through TensorFlow's GFile wherever TensorFlow is installed (Colab, the ``[prepare]``
+  extra) and through gcsfs elsewhere. One client for every environment, gcsfs: the one the tests run against
+  an emulator (TensorFlow's GCS filesystem cannot be pointed at one), and the one whose listings are kept fresh
+  (`_no_listings_cache`). ``EPATH_USE_TF=true`` set by the user still wins. epath reads it once, at its first
+  ``gs://`` path: this runs when this module is imported, before anything of the project makes one."""
+  os.environ.setdefault("EPATH_USE_TF", "false")
+
+
+_one_gcs_backend()
 
 
 def _no_listings_cache() -> None:
@@ -108,9 +128,9 @@ def check(path: str, what: str) -> None:
 
 
 def _gcs_client_module() -> Any:
-  """google.cloud.storage (the lock and the bucket checks), and gcsfs (epath without TensorFlow)."""
+  """google.cloud.storage (the lock and the bucket checks), and gcsfs (epath's ``gs://`` backend)."""
   try:
-    import gcsfs  # noqa: F401 - epath's backend for gs:// where TensorFlow is not installed
+    import gcsfs  # noqa: F401 - epath's backend for gs:// (_one_gcs_backend)
     from google.cloud import storage as gcs
   except ImportError as e:
     raise StorageError(f"gs:// paths need the [gcs] extra ({e.name} is not installed): {GCS_EXTRA}") from None
