@@ -97,6 +97,33 @@ def steps_over_processes(tmp_path, task: str, steps: int) -> tuple[dict, dict]:
   return dict(np.load(one)), dict(np.load(two))
 
 
+# The tests never use the network (CI has none but the package registries): a name lookup of anything but this
+# machine is refused, as offline, and recorded, and the test that made it fails (`_no_network`), so a test cannot
+# pass by having quietly tried. Covers this process; the subprocesses the tests start are given loopback URLs.
+_LOOPBACK = {None, "", "localhost", "127.0.0.1", "::1", socket.gethostname()}
+_lookups_refused: list[str] = []
+_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_only(host, *args, **kwargs):
+  name = host.decode() if isinstance(host, bytes) else host
+  if name not in _LOOPBACK and not str(name).startswith("127."):
+    _lookups_refused.append(str(name))
+    raise socket.gaierror(socket.EAI_NONAME, f"the tests use no network (a lookup of {name!r})")
+  return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _loopback_only
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+  del _lookups_refused[:]
+  yield
+  if _lookups_refused:
+    pytest.fail(f"this test looked up {sorted(set(_lookups_refused))}: the tests use no network")
+
+
 @pytest.fixture
 def tfds():
   """``tensorflow_datasets``; skips where it cannot be imported, with `data.import_tfds`'s reason.
