@@ -344,7 +344,9 @@ def import_tfds() -> Any:
     # tfds imports its protos lazily and, when they fail, prints a traceback and goes on without `builder`;
     # importing them first fails cleanly (a call, so that import sorting cannot move it after tfds). They fail
     # where protobuf is older than the code tensorflow-metadata was generated with, as in Colab's published
-    # CPU and GPU runtimes (constraints-colab.txt).
+    # CPU and GPU runtimes (constraints-colab.txt: protobuf 5.29.6, tensorflow-metadata 1.21.0, generated with
+    # 6.31.1). tensorflow-metadata 1.17.3, the release before 1.21.0, was generated with protobuf 4.25.6 and
+    # imports there: the one-package fix, which leaves the runtime's protobuf (and all that uses it) as it is.
     importlib.import_module("tensorflow_metadata.proto.v0.schema_pb2")
     import tensorflow_datasets as tfds
     from tensorflow_datasets import core  # noqa: F401
@@ -352,7 +354,7 @@ def import_tfds() -> Any:
     message = " ".join(str(e).split()).split(". ")[0]
     raise DataError(
       f"config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here ({type(e).__name__}: "
-      f"{message}); for a protobuf version error: pip install -U protobuf"
+      f"{message}); for a protobuf version error: pip install 'tensorflow-metadata<1.21' and restart the runtime"
     ) from None
   return tfds
 

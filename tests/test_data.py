@@ -235,7 +235,8 @@ def test_tfds_that_cannot_be_imported_is_one_line_and_nothing_else(tmp_path):
   assert result.stderr.splitlines() == [
     "error: config.dataset.source='tfds' needs tensorflow_datasets, which cannot be imported here (RuntimeError: "
     "Detected incompatible Protobuf Gencode/Runtime versions when loading tensorflow_metadata/proto/v0/schema.proto: "
-    "gencode 6.31.1 runtime 5.29.6); for a protobuf version error: pip install -U protobuf"
+    "gencode 6.31.1 runtime 5.29.6); for a protobuf version error: pip install 'tensorflow-metadata<1.21' and "
+    "restart the runtime"
   ], result.stderr  # tfds's own traceback first would be a second line
 
 
