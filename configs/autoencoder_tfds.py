@@ -1,7 +1,7 @@
 r"""`configs/autoencoder.py` (tied convolutional autoencoder) on the full TFDS MNIST: 60k train, eval on the 10k test.
 
-Needs TFDS `mnist` prepared in array_record format (`tfds build mnist --file_format=array_record`
-on a machine with internet; then pass its directory as --config.dataset.data_dir if not the default).
+Reads TFDS `mnist` (array_record) from --config.dataset.data_dir (TFDS's default if empty); where it is
+missing, the run downloads and prepares it first (README, "Datasets").
 
   python -m deconv_jax.train --config configs/autoencoder_tfds.py --workdir workdirs/autoencoder_tfds
 """

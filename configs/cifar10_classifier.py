@@ -1,6 +1,7 @@
 r"""The CNN on TFDS CIFAR-10 (32x32x3): SAME padding keeps 4x4 maps after three pools; shifts as augmentation.
 
-Needs TFDS `cifar10` prepared (`tfds build cifar10 --file_format=array_record`).
+Reads TFDS `cifar10` (array_record) from --config.dataset.data_dir (TFDS's default if empty); where it
+is missing, the run downloads and prepares it first (README, "Datasets").
 
   python -m deconv_jax.train --config configs/cifar10_classifier.py --workdir workdirs/cifar10
 """

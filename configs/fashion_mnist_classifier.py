@@ -1,6 +1,7 @@
 r"""The default CNN on TFDS Fashion-MNIST (28x28x1, 10 classes), with light augmentation and a cosine schedule.
 
-Needs TFDS `fashion_mnist` prepared (`tfds build fashion_mnist --file_format=array_record`).
+Reads TFDS `fashion_mnist` (array_record) from --config.dataset.data_dir (TFDS's default if empty); where it
+is missing, the run downloads and prepares it first (README, "Datasets").
 
   python -m deconv_jax.train --config configs/fashion_mnist_classifier.py --workdir workdirs/fashion_mnist
 """

@@ -1,7 +1,7 @@
 r"""`configs/inversion.py` on the full TFDS MNIST: invert `configs/mnist_classifier.py`'s CNN at pool2, eval on test.
 
-Needs TFDS `mnist` prepared in array_record format (`tfds build mnist --file_format=array_record`
-on a machine with internet; then pass its directory as --config.dataset.data_dir if not the default).
+Reads TFDS `mnist` (array_record) from --config.dataset.data_dir (TFDS's default if empty); where it is
+missing, the run downloads and prepares it first (README, "Datasets").
 Train the classifier first, then the inversion:
 
   python -m deconv_jax.train --config configs/mnist_classifier.py --workdir workdirs/mnist_classifier

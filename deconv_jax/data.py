@@ -10,7 +10,9 @@ the internet:
   50 are ``"validation"`` (500); ``"all"`` is all 5,000.
 * ``"idx"``: MNIST-format IDX files (gzipped or plain) in ``config.dataset.data_dir``: ``"train"`` reads
   ``train-{images-idx3,labels-idx1}-ubyte``, ``"test"`` reads ``t10k-...``.
-* ``"tfds"``: ``tfds.data_source(name, split=..., download=False)`` over an already prepared TFDS dataset.
+* ``"tfds"``: ``tfds.data_source(name, split=..., download=False)`` over a TFDS dataset prepared in array_record
+  format, in ``config.dataset.data_dir`` (a local directory or a ``gs://`` URL, read through `storage`'s checks) or
+  TFDS's default directory. `tfds_prepare` downloads and prepares one that is missing, when asked.
 
 Training reads a source through `train_loader` (a checkpointable ``grain.DataLoader``: global shuffle per
 epoch, this process's shard, float images); evaluation through `eval_batches` (every example exactly
@@ -19,6 +21,7 @@ once, padded to full batches with a ``mask``, the same number of batches on ever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -34,6 +37,14 @@ import grain
 import jax
 import numpy as np
 
+from deconv_jax import storage
+
+PREPARE_EXTRA = "pip install 'deconv_jax[prepare]'"  # what preparing a TFDS dataset needs (tfds_prepare)
+WITHOUT_INTERNET = (  # how to get a TFDS dataset onto a machine that cannot download it
+  "prepare it on a machine that has it (`python -m deconv_jax.prepare` with this config and "
+  "--config.dataset.data_dir=DIR), copy DIR here and pass --config.dataset.data_dir=DIR, or use "
+  "--config.dataset.source=embedded"
+)
 EMBEDDED_SPLITS = ("train", "validation", "all")
 IDX_SPLITS = {"train": "train", "test": "t10k"}  # split -> IDX file prefix
 
@@ -233,6 +244,11 @@ def _idx_paths(cfg: Any, split: str) -> tuple[str, str]:
     raise DataError(f"{key}={split!r} is not a split of source 'idx': one of {tuple(IDX_SPLITS)}")
   if not cfg.data_dir:
     raise DataError("config.dataset.data_dir='' but source 'idx' needs the directory holding the IDX files")
+  if "://" in cfg.data_dir or cfg.data_dir.startswith("gs:"):
+    raise DataError(
+      f"config.dataset.data_dir={cfg.data_dir!r}: source 'idx' reads a local directory; copy the files here, or "
+      "read a bucket through source 'tfds' (a prepared TFDS dataset)"
+    )
   data_dir = os.path.expanduser(cfg.data_dir)
   prefix = IDX_SPLITS[split]
   paths = []
@@ -326,15 +342,40 @@ def _idx_info(cfg: Any, split: str) -> DatasetInfo:
 # ------------------------------------------------------------------ TFDS
 
 
+def where(cfg: Any) -> str:
+  """Where TFDS reads and prepares ``cfg.name``, for messages."""
+  if cfg.data_dir:
+    return f"config.dataset.data_dir={cfg.data_dir!r}"
+  return "TFDS's default data_dir (TFDS_DATA_DIR, else ~/tensorflow_datasets)"
+
+
 def _not_prepared(cfg: Any) -> DataError:
-  where = (
-    f"data_dir={cfg.data_dir!r}" if cfg.data_dir else "the default data_dir (TFDS_DATA_DIR or ~/tensorflow_datasets)"
-  )
   return DataError(
-    f"config.dataset.name={cfg.name!r} is not prepared in {where} and cannot be downloaded here: run "
-    f"`tfds build {cfg.name} --file_format=array_record` on a machine with internet, copy the data_dir here "
-    "and pass --config.dataset.data_dir=DIR, or use --config.dataset.source=embedded (or idx)"
+    f"config.dataset.name={cfg.name!r} is not prepared in {where(cfg)}: with the internet, `train` with "
+    f"--config.dataset.download=true downloads and prepares it ({PREPARE_EXTRA}); without, {WITHOUT_INTERNET} "
+    "(or idx)"
   )
+
+
+def tfds_data_dir(cfg: Any) -> str | None:
+  """``config.dataset.data_dir`` as TFDS takes it: None for TFDS's default, ``~`` expanded, or a ``gs://`` URL
+  whose bucket has been checked (once per process: well-formed, credentials, exists and readable)."""
+  if not cfg.data_dir:
+    return None
+  try:
+    storage.check(cfg.data_dir, "config.dataset.data_dir")
+    if storage.is_gcs(cfg.data_dir):
+      _check_bucket_once(cfg.data_dir)
+      return cfg.data_dir
+  except storage.StorageError as e:
+    raise DataError(str(e)) from None
+  return os.path.expanduser(cfg.data_dir)
+
+
+@functools.cache
+def _check_bucket_once(url: str) -> None:
+  # Before TFDS reads the bucket: array_record's reader, given no credentials, waits on them instead of failing.
+  storage.check_reachable(url, "config.dataset.data_dir")
 
 
 def import_tfds() -> Any:
@@ -359,15 +400,37 @@ def import_tfds() -> Any:
   return tfds
 
 
-def _tfds_builder(cfg: Any) -> Any:
+def tfds_builder(cfg: Any, **kwargs: Any) -> Any:
+  """``tfds.builder(config.dataset.name, data_dir=...)``, or a one-line `DataError` for a name TFDS does not know."""
   tfds = import_tfds()
+  data_dir = tfds_data_dir(cfg)
   try:
-    return tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+    return tfds.builder(cfg.name, data_dir=data_dir, **kwargs)
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(
       f"config.dataset.name={cfg.name!r} is not a dataset known to tensorflow_datasets {tfds.__version__}"
       " (see tfds.list_builders())"
     ) from None
+
+
+@contextlib.contextmanager
+def _without_tfds_warnings() -> Iterator[None]:
+  """TFDS logs a warning for a dataset directory that is missing, then raises or returns False: the caller says
+  it once, in one line, instead."""
+  from absl import logging as absl_logging
+
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
+
+
+def is_prepared(builder: Any) -> bool:
+  """``builder.is_prepared()``, without TFDS's warning when it is not."""
+  with _without_tfds_warnings():
+    return builder.is_prepared()
 
 
 def _tfds_features(cfg: Any, builder: Any) -> tuple[tuple[int, int, int], int]:
@@ -388,15 +451,17 @@ def _tfds_source(cfg: Any, split: str) -> TfdsSource:
   """``tfds.data_source(..., download=False)``, with failures turned into one-line `DataError`s.
 
   TFDS 4.9.10 keeps GCS disabled (``gcs_utils._is_gcs_disabled = True``) and ``try_gcs=False`` is passed,
-  so nothing here touches the network: a missing dataset fails in well under a second.
+  so nothing here touches the network: a missing dataset fails in well under a second (`tfds_prepare` is what
+  downloads).
   """
   tfds = import_tfds()
-
+  data_dir = tfds_data_dir(cfg)
   try:
-    ds = tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir or None, download=False, try_gcs=False)
+    with _without_tfds_warnings():
+      ds = tfds.data_source(cfg.name, split=split, data_dir=data_dir, download=False, try_gcs=False)
   except Exception as e:  # Which exception depends on how unprepared it is; diagnose below.
-    builder = _tfds_builder(cfg)
-    if not builder.is_prepared():
+    builder = tfds_builder(cfg)
+    if not is_prepared(builder):
       raise _not_prepared(cfg) from e
     message = " ".join(str(e).split())
     raise DataError(
@@ -407,7 +472,7 @@ def _tfds_source(cfg: Any, split: str) -> TfdsSource:
 
 
 def _tfds_info(cfg: Any, split: str) -> DatasetInfo:
-  builder = _tfds_builder(cfg)
+  builder = tfds_builder(cfg)
   image_shape, num_classes = _tfds_features(cfg, builder)
   return DatasetInfo(image_shape=image_shape, num_classes=num_classes, num_examples=len(_tfds_source(cfg, split)))
 

@@ -25,7 +25,7 @@ from absl import flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks, xla_cpu
+from deconv_jax import checkpoint, cli, data, eval_loop, parallel, tasks, tfds_prepare, xla_cpu
 from deconv_jax import config as config_lib
 from deconv_jax import workdir as workdir_lib
 from deconv_jax.metric_writers import MetricWriter
@@ -76,6 +76,7 @@ def _train_and_evaluate(
     raise config_lib.ConfigError(str(e)) from None
 
   # ---------------------------------------------------------------- input
+  tfds_prepare.prepare(config.dataset, log=_log)  # a TFDS dataset missing, and download asked for: here, once
   train_source = data.get_source(config.dataset, config.dataset.train_split)
   eval_source = data.get_source(config.dataset, config.dataset.eval_split)
   info = data.get_info(config.dataset, config.dataset.train_split)

@@ -50,6 +50,7 @@ def test_tfds_config_trains_under_mock_data(tmp_path, tfds, name, shape):
   c.eval_batch_size = 8
   c.model.features = (8, 8, 8)
   c.model.dense = (16,)
+  c.dataset.download = False  # the records are mocked: nothing to download (mock_data leaves it "not prepared")
   with tfds.testing.mock_data(num_examples=16):
     metrics = train.train_and_evaluate(c, str(tmp_path))
   assert metrics["num_examples"] == 16

@@ -190,7 +190,9 @@ def test_tfds_not_prepared_fails_fast_with_instructions(tmp_path, tfds):
   cfg = dataset_cfg(source="tfds", name="mnist", data_dir=str(tmp_path))
   for fn in (data.get_source, data.get_info):
     start = time.perf_counter()
-    with pytest.raises(data.DataError, match=r"dataset\.name='mnist' is not prepared.*tfds build mnist") as e:
+    with pytest.raises(
+      data.DataError, match=r"dataset\.name='mnist' is not prepared.*python -m deconv_jax\.prepare"
+    ) as e:
       fn(cfg, "train")
     assert time.perf_counter() - start < 10, "should fail at once, not try the network"
     assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)

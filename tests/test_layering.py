@@ -19,7 +19,11 @@ FLOORS = [
     *("figures", "jaxpr_rules"),
   ],
   # attribution works on any JAX function, models included, without importing them.
-  ["ops.adjoint", "ops.pooling", "ops.upsampling", "ops.torch_interop", "metric_writers", "attribution"],
+  # tfds_prepare: getting a TFDS dataset onto disk, which data then reads.
+  [
+    *("ops.adjoint", "ops.pooling", "ops.upsampling", "ops.torch_interop", "metric_writers", "attribution"),
+    "tfds_prepare",
+  ],
   ["ops"],
   ["models", "parallel"],  # parallel compiles each step with xla_cpu.compiler_options
   ["config"],  # the values a key allows come from data, models and parallel, which own them
@@ -30,7 +34,7 @@ FLOORS = [
   ["measure", "deconvnet"],  # what a trained run shows: its generators measured, its classifier seen inside
   ["eval_loop"],
   ["cli"],
-  ["train", "evaluate", "visualize"],  # the commands: nothing imports them, except an experiment
+  ["train", "evaluate", "visualize", "prepare"],  # the commands: nothing imports them, except an experiment
   # The experiments, on top of everything: the library never imports them.
   [
     *("experiments", "experiments.speed", "experiments.speed.timing"),

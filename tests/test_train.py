@@ -253,6 +253,7 @@ def test_tfds_config_of_each_task_trains_under_mock_data(tmp_path, tfds, classif
   c.generator.update(latent_dim=8, base_features=8, features=(8, 4))
   c.discriminator.features = (8, 8)
   c.inversion.classifier_workdir = classifier_run[0]  # trained on 28x28x1 digits, as the mocked MNIST
+  c.dataset.download = False  # the records are mocked: nothing to download (mock_data leaves it "not prepared")
   with tfds.testing.mock_data(num_examples=16):
     metrics = train.train_and_evaluate(c, str(tmp_path))
   assert set(metrics) == metric_names
@@ -299,6 +300,7 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, overrides, message):
 
 def test_unprepared_tfds_dataset_is_rejected_before_any_work(tmp_path, tfds):
   overrides = {"dataset.source": "tfds", "dataset.name": "cifar10", "dataset.data_dir": "/nonexistent"}
+  overrides["dataset.download"] = False
   test_bad_config_is_rejected_before_any_work(tmp_path, overrides, "not prepared")
 
 
