@@ -4,7 +4,8 @@ r"""Downloads and prepares the TFDS dataset a config reads, and nothing else:
 
 What `train` does first when its dataset is missing, on its own: for a machine with the internet that prepares a
 dataset for machines without it, or for the bucket a pod's hosts share (copy the directory there). It prepares
-whatever ``config.dataset.download`` says, and needs the ``[prepare]`` extra. The last line names what is where.
+even with ``config.dataset.download=false``, as that is what it is for, and needs the ``[prepare]`` extra. The
+last line names what is where.
 (TFDS's own ``tfds build`` needs Apache Beam as well, even for datasets that do not use it.)
 """
 
