@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import MNIST_DIR, REPO, free_port
+from conftest import MNIST_DIR, REPO, free_port, run_processes
 
 from deconv_jax import config as config_lib
 from deconv_jax import data, storage, tfds_prepare
@@ -218,6 +218,31 @@ def test_offline_the_download_is_refused_within_seconds_in_one_line(tfds, mirror
     # Interpreter and imports take seconds; TFDS's retries of an unreachable host take minutes.
     assert elapsed < 60, elapsed
   assert not data_dir.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_over_two_processes_a_download_refused_on_process_0_stops_both_in_one_line(
+  tfds, mirror_files, tmp_path, monkeypatch
+):
+  """JAX's own collectives, over loopback: process 1 does not wait for a dataset process 0 cannot prepare."""
+  pytest.importorskip("tensorflow", reason="preparing needs the [prepare] extra")
+  host = f"127.0.0.1:{free_port()}"
+  for name, value in _env(mirror_files, f"http://{host}/").items():
+    monkeypatch.setenv(name, value)
+  argv = ["-m", "deconv_jax.train", "--config", "configs/mnist_classifier.py", f"--workdir={tmp_path / 'run'}"]
+  argv += [f"--config.dataset.data_dir={tmp_path / 'data'}", f"--coordinator_address=127.0.0.1:{free_port()}"]
+  codes, outputs = run_processes([[*argv, "--num_processes=2", f"--process_id={i}"] for i in range(2)], devices=1)
+  assert codes == [2, 2], outputs
+  errors = [[line for line in err.splitlines() if line.startswith("error: ")] for _, err in outputs]
+  assert errors == [
+    [
+      f"error: config.dataset.name='mnist' is not prepared in config.dataset.data_dir='{tmp_path / 'data'}' and "
+      f"cannot be downloaded: {host} refused the connection. Without the internet, prepare it on a machine that has "
+      "it (`python -m deconv_jax.prepare` with this config and --config.dataset.data_dir=DIR), copy DIR here and pass "
+      "--config.dataset.data_dir=DIR, or use --config.dataset.source=embedded"
+    ],
+    ["error: config.dataset.name='mnist' could not be prepared on process 0: its output says why"],
+  ], outputs
 
 
 class _Builder:
