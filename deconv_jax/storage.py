@@ -66,9 +66,10 @@ def _point_clients_at_emulator() -> None:
 
 def emulator_settings(host: str) -> dict[str, str]:
   """The variables `_point_clients_at_emulator` derives from ``STORAGE_EMULATOR_HOST=host``."""
+  url = host if "://" in host else f"http://{host}"
   return {
-    "TENSORSTORE_GCS_HTTP_URL": host if "://" in host else f"http://{host}",
-    "CLOUD_STORAGE_EMULATOR_ENDPOINT": host if "://" in host else f"http://{host}",
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
     "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
     "FSSPEC_GCS_TOKEN": "anon",
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",

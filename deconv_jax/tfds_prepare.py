@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 
 from deconv_jax import data
 
-PREPARE_EXTRA = "pip install 'deconv_jax[prepare]'"
 REACH_TIMEOUT_S = 10.0  # per host; an answering host replies in well under a second
 _NEEDED = ("tensorflow", "importlib_resources")  # modules TFDS needs to generate a dataset
 
@@ -91,7 +90,7 @@ def _check_installed(cfg: Any) -> None:
   if missing:
     raise data.DataError(
       f"config.dataset.name={cfg.name!r} is not prepared and preparing it needs {' and '.join(missing)} (TFDS "
-      f"extracts and encodes with TensorFlow), not installed here: {PREPARE_EXTRA}, or set "
+      f"extracts and encodes with TensorFlow), not installed here: {data.PREPARE_EXTRA}, or set "
       "--config.dataset.download=false and give a --config.dataset.data_dir where it is prepared"
     )
 
